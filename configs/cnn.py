@@ -1,0 +1,16 @@
+"""The tutorial CNN: conv32 5x5 / pool / conv64 5x5 / pool / dense 1024 / dropout / 10."""
+
+PRESETS = {
+    # "Deep MNIST for Experts" / the layers tutorial: Adam 1e-4, batch 50, 20,000 steps (~99.2%).
+    "seed": dict(optimizer="adam", learning_rate=1e-4, batch_size=50, max_steps=20000,
+                 dropout_rate=0.4, eval_every=5000, checkpoint_every=2000),
+    # The layers tutorial's estimator: SGD 0.001, batch 100, 20,000 steps (~97.3%).
+    "seed_sgd": dict(optimizer="sgd", learning_rate=1e-3, batch_size=100, max_steps=20000,
+                     dropout_rate=0.4, eval_every=5000, checkpoint_every=2000),
+    # Tuned: Adam with warm-up and cosine decay, about 5.5 epochs.
+    "default": dict(optimizer="adam", learning_rate=1e-3, lr_schedule="cosine",
+                    warmup_steps=200, batch_size=100, max_steps=3000, dropout_rate=0.4,
+                    checkpoint_every=1000),
+    "smoke": dict(data_source="fake", fake_examples=128, batch_size=16, max_steps=6,
+                  steps_per_loop=3, log_every=3, checkpoint_every=3, eval_batch_size=50),
+}

@@ -1,0 +1,245 @@
+"""The run configuration: one typed record, built from a preset plus flags.
+
+A run's settings are resolved in three layers, later ones winning:
+
+  1. the defaults of the `Config` dataclass below,
+  2. the preset `PRESETS[--preset]` in `configs/<model>.py`,
+  3. every flag given on the command line (or in a --flagfile).
+
+Every field of `Config` is also an absl flag of the same name (see
+`define_flags`), so anything can be overridden without editing a file. An
+unknown preset, a wrong type or a value out of range is a `UserError` raised
+before any heavy work.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+from typing import Any
+
+from mnist_tf2.errors import UserError
+
+
+def _field(default, help_text, **choices):
+  return dataclasses.field(default=default, metadata={"help": help_text, **choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that defines a run. Field names are the flag names."""
+
+  # What to train.
+  model: str = _field("cnn", "Model: softmax, mlp or cnn.", choices=("softmax", "mlp", "cnn"))
+  preset: str = _field("default", "Preset in configs/<model>.py: seed, default, fast, smoke, ...")
+
+  # Data.
+  data_source: str = _field(
+      "bundled", "Where MNIST comes from: bundled (shipped in the package), idx (--data_dir), "
+      "tfds (--dataset) or fake (tiny synthetic data for tests).",
+      choices=("bundled", "idx", "tfds", "fake"))
+  fake_data: bool = _field(False, "The tutorial's flag: same as --data_source=fake.")
+  data_dir: str = _field("", "Directory with the four MNIST IDX files (gzipped or raw), for "
+                         "--data_source=idx.")
+  dataset: str = _field("mnist", "TFDS dataset name for --data_source=tfds (mnist, "
+                        "fashion_mnist, kmnist, ...).")
+  tfds_data_dir: str = _field("", "TFDS data directory for --data_source=tfds.")
+  validation_size: int = _field(5000, "Images taken from the start of the official training "
+                                "set as the validation split.")
+  fake_examples: int = _field(512, "Training examples of --data_source=fake.")
+
+  # Model.
+  hidden1: int = _field(128, "mlp: units in the first hidden layer.")
+  hidden2: int = _field(32, "mlp: units in the second hidden layer.")
+  dropout_rate: float = _field(0.4, "cnn: dropout rate before the logits (training only).")
+
+  # Optimisation.
+  optimizer: str = _field("adam", "sgd, momentum, adam or adamw.",
+                          choices=("sgd", "momentum", "adam", "adamw"))
+  learning_rate: float = _field(1e-3, "Peak learning rate.")
+  lr_schedule: str = _field("constant", "constant, cosine (to 0) or linear (to 0), each after "
+                            "--warmup_steps of linear warm-up.",
+                            choices=("constant", "cosine", "linear"))
+  warmup_steps: int = _field(0, "Steps of linear learning-rate warm-up from 0.")
+  momentum: float = _field(0.9, "Momentum for --optimizer=momentum.")
+  weight_decay: float = _field(0.0, "Decoupled weight decay (adamw) or L2-style decay "
+                               "(others, through Keras' weight_decay).")
+  label_smoothing: float = _field(0.0, "Label smoothing of the cross-entropy loss.")
+  batch_size: int = _field(100, "Global training batch size (all replicas together).")
+  eval_batch_size: int = _field(1000, "Batch size for evaluation.")
+  max_steps: int = _field(2000, "Number of training steps to run.")
+
+  # The loop.
+  steps_per_loop: int = _field(100, "Training steps run inside one tf.function call.")
+  log_every: int = _field(100, "Print the 'Step N: loss = ...' line every N steps.")
+  eval_every: int = _field(0, "Evaluate every N steps (0: only at the end).")
+  checkpoint_every: int = _field(1000, "Save a checkpoint every N steps (and at the end).")
+  max_to_keep: int = _field(3, "Checkpoints kept in the workdir (at least 2).")
+  seed: int = _field(0, "Seed for initialisation, shuffling and dropout.")
+  deterministic: bool = _field(False, "Turn on TensorFlow op determinism (bit-identical runs).")
+  workdir: str = _field("", "Where checkpoints, summaries, config.json and results.json go "
+                        "(alias --train_dir; default /tmp/mnist_tf2/<model>-<preset>).")
+
+  # Distribution.
+  strategy: str = _field("auto", "auto, default, one_device, mirrored, multi_worker or tpu.",
+                         choices=("auto", "default", "one_device", "mirrored", "multi_worker",
+                                  "tpu"))
+  num_cpu_devices: int = _field(0, "Split the CPU into N logical devices (0: leave as is).")
+
+  def replace(self, **changes) -> "Config":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+# Fields that only one model reads; setting them for another model is an error.
+MODEL_ONLY_FIELDS = {"hidden1": "mlp", "hidden2": "mlp", "dropout_rate": "cnn"}
+
+
+def configs_dir() -> pathlib.Path:
+  """Where the preset files are: in the wheel, or at the top of the checkout."""
+  package_dir = pathlib.Path(__file__).resolve().parent
+  for candidate in (package_dir / "configs", package_dir.parent / "configs"):
+    if (candidate / "cnn.py").is_file():
+      return candidate
+  raise UserError(f"cannot find the configs/ presets next to {package_dir}")
+
+
+def load_presets(model: str) -> dict[str, dict[str, Any]]:
+  """Returns `PRESETS` of configs/<model>.py."""
+  if model not in FIELDS["model"].metadata["choices"]:
+    raise UserError(f"unknown --model={model!r}; choose one of: softmax, mlp, cnn")
+  path = configs_dir() / f"{model}.py"
+  spec = importlib.util.spec_from_file_location(f"mnist_tf2_configs_{model}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.PRESETS
+
+
+def _check_type(name: str, value: Any) -> Any:
+  """Returns `value` as the field's type, or raises a one-line UserError."""
+  expected = FIELDS[name].type
+  if expected is float and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+    raise UserError(f"--{name} must be {expected.__name__}, got {value!r}")
+  return value
+
+
+def resolve(model: str, preset: str = "default", overrides: dict[str, Any] | None = None
+           ) -> Config:
+  """Builds and validates the Config for `model` and `preset` plus `overrides`.
+
+  Args:
+    model: softmax, mlp or cnn.
+    preset: a key of PRESETS in configs/<model>.py.
+    overrides: field -> value given explicitly (flags); wins over the preset.
+
+  Returns:
+    The validated Config.
+
+  Raises:
+    UserError: on an unknown model, preset or field, a wrong type, or a value
+      out of range; the message is one line.
+  """
+  overrides = dict(overrides or {})
+  presets = load_presets(model)
+  if preset not in presets:
+    raise UserError(f"unknown --preset={preset!r} for --model={model}; "
+                    f"choose one of: {', '.join(presets)}")
+  values = {"model": model, "preset": preset}
+  for source in (presets[preset], overrides):
+    for name, value in source.items():
+      if name not in FIELDS:
+        raise UserError(f"unknown config field {name!r}")
+      values[name] = _check_type(name, value)
+  for name, only_for in MODEL_ONLY_FIELDS.items():
+    if name in overrides and model != only_for:
+      raise UserError(f"--{name} applies to --model={only_for} only, not --model={model}")
+  if values.get("fake_data"):
+    values["data_source"] = "fake"
+  if not values.get("workdir"):
+    values["workdir"] = os.path.join("/tmp/mnist_tf2", f"{model}-{preset}")
+  config = Config(**values)
+  validate(config)
+  return config
+
+
+def validate(config: Config) -> None:
+  """Raises a one-line UserError if a field is out of range."""
+  for name, field in FIELDS.items():
+    choices = field.metadata.get("choices")
+    value = getattr(config, name)
+    if choices and value not in choices:
+      raise UserError(f"--{name}={value!r} is not one of: {', '.join(choices)}")
+  positive = ("batch_size", "eval_batch_size", "max_steps", "steps_per_loop", "log_every",
+              "checkpoint_every", "hidden1", "hidden2", "fake_examples", "learning_rate")
+  for name in positive:
+    if getattr(config, name) <= 0:
+      raise UserError(f"--{name} must be positive, got {getattr(config, name)}")
+  non_negative = ("eval_every", "warmup_steps", "validation_size", "weight_decay",
+                  "num_cpu_devices")
+  for name in non_negative:
+    if getattr(config, name) < 0:
+      raise UserError(f"--{name} must be >= 0, got {getattr(config, name)}")
+  for name in ("dropout_rate", "label_smoothing", "momentum"):
+    if not 0.0 <= getattr(config, name) < 1.0:
+      raise UserError(f"--{name} must be in [0, 1), got {getattr(config, name)}")
+  if config.max_to_keep < 2:
+    # A newer checkpoint is only trusted once written; keep the previous one.
+    raise UserError(f"--max_to_keep must be at least 2, got {config.max_to_keep}")
+  if config.warmup_steps >= config.max_steps and config.warmup_steps > 0:
+    raise UserError(f"--warmup_steps={config.warmup_steps} must be below "
+                    f"--max_steps={config.max_steps}")
+  if config.data_source == "idx" and not config.data_dir:
+    raise UserError("--data_source=idx needs --data_dir=DIR holding the four MNIST IDX files")
+
+
+def check_batch_fits(config: Config, split_sizes: dict[str, int]) -> None:
+  """Refuses a training batch larger than the training split."""
+  if config.batch_size > split_sizes["train"]:
+    raise UserError(f"--batch_size={config.batch_size} is larger than the training split "
+                    f"({split_sizes['train']} examples)")
+
+
+# --- absl flags -----------------------------------------------------------------------------
+
+_ALIASES = {"train_dir": "workdir"}
+
+
+def define_flags(flag_values=None) -> None:
+  """Defines one absl flag per Config field (default None = "from the preset")."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  definers = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
+              float: flags.DEFINE_float, bool: flags.DEFINE_bool}
+  for name, field in FIELDS.items():
+    default = field.default
+    help_text = f"{field.metadata['help']} [built-in default: {default!r}; presets may change it]"
+    if name in ("model", "preset"):
+      help_text = field.metadata["help"]
+    else:
+      default = None
+    if name == "model":
+      default = "cnn"
+    elif name == "preset":
+      default = "default"
+    definers[field.type](name, default, help_text, flag_values=flag_values)
+  for alias, target in _ALIASES.items():
+    flags.DEFINE_alias(alias, target, flag_values=flag_values)
+
+
+def config_from_flags(flag_values=None) -> Config:
+  """Resolves the Config from parsed absl flags."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  overrides = {name: flag_values[name].value for name in FIELDS
+               if name not in ("model", "preset") and flag_values[name].present}
+  return resolve(flag_values.model, flag_values.preset, overrides)

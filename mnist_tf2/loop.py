@@ -1,0 +1,197 @@
+"""The outer loop: restore, train in compiled chunks, log, evaluate, save.
+
+`train_and_evaluate(config)` is the one owner of the schedule. Everything is
+keyed on the global step, `optimizer.iterations`, so a resumed run picks up the
+schedule where the interrupted one left it.
+"""
+
+import json
+import os
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from mnist_tf2 import checkpoints
+from mnist_tf2 import config as config_lib
+from mnist_tf2 import datasets
+from mnist_tf2 import distribute
+from mnist_tf2 import models
+from mnist_tf2 import optimizers
+from mnist_tf2 import summaries as summaries_lib
+from mnist_tf2 import trainer as trainer_lib
+from mnist_tf2.errors import UserError
+
+SPLIT_TITLES = {"train": "Training", "validation": "Validation", "test": "Test"}
+# Fields that change the shapes or meaning of what a checkpoint holds.
+STRUCTURAL_FIELDS = ("model", "hidden1", "hidden2")
+
+
+def prepare_workdir(config) -> None:
+  """Creates the workdir and refuses one we cannot write or that holds another model."""
+  workdir = config.workdir
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"cannot write to --workdir={workdir}: {e.strerror or e}") from None
+  saved_path = os.path.join(workdir, "config.json")
+  if os.path.exists(saved_path):
+    with open(saved_path) as f:
+      saved = json.load(f)
+    for name in STRUCTURAL_FIELDS:
+      if name in saved and saved[name] != getattr(config, name):
+        raise UserError(
+            f"--workdir={workdir} holds a run with {name}={saved[name]!r}, this run has "
+            f"{name}={getattr(config, name)!r}; use a new --workdir")
+
+
+def write_json(path, data) -> None:
+  """Writes JSON atomically: a reader never sees a half-written file."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def format_eval(split, metrics) -> str:
+  """The tutorial's evaluation lines for one split."""
+  return (f"{SPLIT_TITLES[split]} Data Eval:\n"
+          f"  Num examples: {metrics['num_examples']}  Num correct: {metrics['num_correct']}"
+          f"  Precision @ 1: {metrics['accuracy']:0.4f}")
+
+
+class ProgressBar:
+  """A one-line bar on a terminal; silent when stdout is a log file or CI."""
+
+  def __init__(self, total, stream=sys.stdout):
+    self.total = total
+    self.stream = stream
+    self.enabled = stream.isatty()
+
+  def update(self, step):
+    if self.enabled:
+      done = int(30 * step / max(self.total, 1))
+      self.stream.write(f"\r[{'=' * done}{' ' * (30 - done)}] {step}/{self.total}")
+      self.stream.flush()
+
+  def clear(self):
+    if self.enabled:
+      self.stream.write("\r" + " " * 60 + "\r")
+
+
+def next_stop(step, config) -> int:
+  """The next step at which the loop must leave the compiled chunk."""
+  stops = [config.max_steps, step + config.steps_per_loop]
+  for every in (config.log_every, config.eval_every, config.checkpoint_every):
+    if every:
+      stops.append((step // every + 1) * every)
+  return min(stops)
+
+
+def train_and_evaluate(config) -> dict:
+  """Trains `config.model` to `config.max_steps` and evaluates it.
+
+  Returns:
+    The results dict also written to `<workdir>/results.json`.
+  """
+  start_time = time.time()
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  keras.utils.set_random_seed(config.seed)
+  strategy = distribute.create_strategy(config)
+  workdir = distribute.worker_workdir(config.workdir, strategy)
+  chief = workdir == config.workdir
+  if chief:
+    prepare_workdir(config)
+    write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+  splits = datasets.load_splits(config)
+  config_lib.check_batch_fits(config, {"train": len(splits.train.labels)})
+  replicas = strategy.num_replicas_in_sync
+  print(f"Model {config.model}, preset {config.preset}: global batch {config.batch_size} "
+        f"on {replicas} replica(s), {len(splits.train.labels)} training examples")
+
+  with strategy.scope():
+    model = models.create_model(config)
+    optimizer = optimizers.create_optimizer(config)
+    # Build the slots now, before any restore (see checkpoints.Checkpointer).
+    optimizer.build(model.trainable_variables)
+  trainer = trainer_lib.Trainer(config, strategy, model, optimizer)
+
+  train_data = strategy.distribute_datasets_from_function(
+      lambda ctx: datasets.train_dataset(
+          splits.train, batch_size=ctx.get_per_replica_batch_size(config.batch_size),
+          seed=config.seed, input_context=ctx))
+  eval_data = {
+      name: strategy.distribute_datasets_from_function(
+          lambda ctx, split=split: datasets.eval_dataset(
+              split, batch_size=config.eval_batch_size, input_context=ctx))
+      for name, split in splits._asdict().items() if len(split.labels)
+  }
+  iterator = iter(train_data)
+  checkpointer = checkpoints.Checkpointer(
+      os.path.join(workdir, "checkpoints"), config.max_to_keep,
+      model=model, optimizer=optimizer, iterator=iterator)
+  restored = checkpointer.restore_or_initialize()
+  step = int(optimizer.iterations.numpy())
+  if restored:
+    print(f"Resumed from {restored} at step {step}")
+  summaries = summaries_lib.Summaries(workdir, enabled=chief)
+
+  def evaluate_all():
+    results = {}
+    for name, data in eval_data.items():
+      results[name] = trainer.evaluate(data)
+      print(format_eval(name, results[name]))
+      summaries.eval_scalars(step, name, results[name])
+    return results
+
+  progress = ProgressBar(config.max_steps)
+  window_start, window_steps = time.time(), 0
+  while step < config.max_steps:
+    num_steps = next_stop(step, config) - step
+    out = trainer.train_loop(iterator, tf.constant(num_steps, tf.int64))
+    step = int(optimizer.iterations.numpy())
+    if int(out["nonfinite_step"]) >= 0:
+      progress.clear()
+      raise UserError(f"loss is not finite at step {int(out['nonfinite_step'])}; stopped "
+                      f"without saving. Last good checkpoint: {checkpointer.latest or 'none'}")
+    window_steps += int(out["steps"])
+    progress.update(step)
+    if step % config.log_every == 0 or step == config.max_steps:
+      elapsed = time.time() - window_start
+      progress.clear()
+      print(f"Step {step}: loss = {float(out['loss']):.2f} "
+            f"({elapsed / max(window_steps, 1):.4f} sec)")
+      summaries.train_scalars(step, {
+          "loss": out["loss"], "accuracy": out["accuracy"],
+          "learning_rate": optimizer.learning_rate,
+          "examples_per_sec": window_steps * config.batch_size / max(elapsed, 1e-9)})
+      window_start, window_steps = time.time(), 0
+    if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
+      progress.clear()
+      evaluate_all()
+    if step % config.checkpoint_every == 0 or step == config.max_steps:
+      checkpointer.save(step)
+  progress.clear()
+
+  metrics = evaluate_all()
+  summaries.flush()
+  results = {
+      "model": config.model,
+      "preset": config.preset,
+      "steps": step,
+      "wall_seconds": round(time.time() - start_time, 3),
+      "metrics": metrics,
+      "config": config.to_dict(),
+  }
+  if chief:
+    write_json(os.path.join(workdir, "results.json"), results)
+  distribute.cleanup_worker_workdir(workdir, config.workdir)
+  return results

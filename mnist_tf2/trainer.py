@@ -1,0 +1,132 @@
+"""The train step and the eval step: per replica, compiled, several steps a call.
+
+`Trainer.train_loop(iterator, num_steps)` runs `num_steps` optimizer steps in
+one `tf.function` call. Each step is written for a single replica and run
+through `strategy.run`, so the same code serves one CPU, many GPUs and many
+machines. The global step is `optimizer.iterations`.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from mnist_tf2.models import NUM_CLASSES
+
+
+def cross_entropy(labels, logits, label_smoothing=0.0):
+  """Per-example softmax cross-entropy from logits (numerically stable)."""
+  targets = tf.one_hot(labels, NUM_CLASSES, dtype=logits.dtype)
+  if label_smoothing:
+    targets = targets * (1.0 - label_smoothing) + label_smoothing / NUM_CLASSES
+  return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+
+
+class Trainer:
+  """Owns the compiled train and eval functions for one model and optimizer."""
+
+  def __init__(self, config, strategy, model, optimizer):
+    self.config = config
+    self.strategy = strategy
+    self.model = model
+    self.optimizer = optimizer
+    self.train_loop = tf.function(self._train_loop)
+    self._eval_loop = tf.function(self._eval_loop_fn)
+
+  # --- training ---------------------------------------------------------------------------
+
+  def _dropout_seed(self):
+    """A stateless seed for this step and replica: [seed, step * replicas + replica].
+
+    Deriving it from the step (which the checkpoint holds) makes a resumed run
+    draw exactly the masks an uninterrupted one would, and gives every replica
+    its own masks.
+    """
+    context = tf.distribute.get_replica_context()
+    replica = tf.cast(context.replica_id_in_sync_group, tf.int64)
+    step = tf.cast(self.optimizer.iterations, tf.int64)
+    counter = step * self.strategy.num_replicas_in_sync + replica
+    return tf.stack([tf.constant(self.config.seed, tf.int64), counter])
+
+  def _replica_train_step(self, images, labels):
+    """One optimizer step on this replica's share of the global batch."""
+    with tf.GradientTape() as tape:
+      logits = self.model(images, training=True, dropout_seed=self._dropout_seed())
+      per_example_loss = cross_entropy(labels, logits, self.config.label_smoothing)
+      # Divide by the *global* batch, not this replica's: the gradients of all
+      # replicas are summed, so the sum is the gradient of the global mean.
+      loss = tf.nn.compute_average_loss(per_example_loss,
+                                        global_batch_size=self.config.batch_size)
+    grads = tape.gradient(loss, self.model.trainable_variables)
+    self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+    correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                                             labels), tf.int32))
+    return loss, correct
+
+  def _train_loop(self, iterator, num_steps):
+    """Runs up to `num_steps` steps; stops early at the first non-finite loss.
+
+    Returns:
+      dict of scalars: mean `loss` and `accuracy` over the steps run, `steps`
+      run, and `nonfinite_step` (the global step whose loss was NaN/Inf, or -1).
+    """
+    loss_sum = tf.constant(0.0)
+    correct_sum = tf.constant(0, tf.int64)
+    steps = tf.constant(0, tf.int64)
+    nonfinite_step = tf.constant(-1, tf.int64)
+    for _ in tf.range(num_steps):
+      step = tf.cast(self.optimizer.iterations, tf.int64) + 1
+      loss, correct = self.strategy.run(self._replica_train_step, args=next(iterator))
+      loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+      correct = self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
+      steps += 1
+      if not tf.math.is_finite(loss):
+        nonfinite_step = step
+        break
+      loss_sum += loss
+      correct_sum += tf.cast(correct, tf.int64)
+    finite_steps = tf.cast(tf.maximum(steps - tf.cast(nonfinite_step >= 0, tf.int64), 1),
+                           tf.float32)
+    return {
+        "loss": loss_sum / finite_steps,
+        "accuracy": tf.cast(correct_sum, tf.float32) / (finite_steps * self.config.batch_size),
+        "steps": steps,
+        "nonfinite_step": nonfinite_step,
+    }
+
+  # --- evaluation -------------------------------------------------------------------------
+
+  def _replica_eval_step(self, images, labels):
+    logits = self.model(images, training=False)
+    loss = tf.reduce_sum(cross_entropy(labels, logits))
+    correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                                             labels), tf.int64))
+    count = tf.cast(tf.shape(labels)[0], tf.int64)
+    return loss, correct, count
+
+  def _eval_loop_fn(self, dataset):
+    loss_sum = tf.constant(0.0)
+    correct = tf.constant(0, tf.int64)
+    count = tf.constant(0, tf.int64)
+    for images, labels in dataset:
+      batch = self.strategy.run(self._replica_eval_step, args=(images, labels))
+      batch_loss, batch_correct, batch_count = (
+          self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in batch)
+      loss_sum += batch_loss
+      correct += batch_correct
+      count += batch_count
+    return loss_sum, correct, count
+
+  def evaluate(self, dataset):
+    """Evaluates on every example of a distributed finite dataset exactly once.
+
+    Returns:
+      dict with `num_examples`, `num_correct`, `accuracy` (precision @ 1) and
+      mean `loss`, as Python numbers.
+    """
+    loss_sum, correct, count = (np.asarray(t) for t in self._eval_loop(dataset))
+    count = int(count)
+    return {
+        "num_examples": count,
+        "num_correct": int(correct),
+        "accuracy": float(correct) / max(count, 1),
+        "loss": float(loss_sum) / max(count, 1),
+    }
