@@ -63,10 +63,12 @@ def load_splits(config) -> Splits:
 
   Args:
     config: any object with `data_source`, `data_dir`, `dataset`,
-      `tfds_data_dir`, `validation_size`, `fake_examples` and `seed`.
+      `tfds_data_dir`, `validation_size` and `fake_examples`. (The seed does
+      not matter here: even fake data is the same for every seed.)
 
   Returns:
-    The three splits as in-memory uint8 images and int32 labels.
+    The three splits as in-memory uint8 images and int32 labels. Arrays read
+    from IDX files are read-only views of the file content.
 
   Raises:
     DataError: the source is unknown, missing, offline or fails validation.
@@ -163,7 +165,7 @@ def _check_pair(images_path: Path, images: np.ndarray, labels_path: Path,
   return Split(images[..., np.newaxis], labels.astype(np.int32))
 
 
-# --- TensorFlow Datasets ------------------------------------------------------
+# --- TensorFlow Datasets -----------------------------------------------------
 
 
 def _host_reachable() -> bool:
@@ -218,15 +220,17 @@ def _tfds_split(name: str, batches) -> Split:
   images = np.concatenate([images for images, _ in batches])
   labels = np.concatenate([labels for _, labels in batches])
   if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
-    raise DataError(f"tfds dataset {name!r} has {images.dtype} images of "
-                    f"shape {list(images.shape[1:])}, expected uint8 [28, 28, 1]")
+    raise DataError(
+        f"tfds dataset {name!r} has {images.dtype} images of shape "
+        f"{list(images.shape[1:])}, expected uint8 [28, 28, 1]")
   return Split(images, labels.astype(np.int32))
 
 
-# --- Fake data ------------------------------------------------------------------
+# --- Fake data ---------------------------------------------------------------
 
 
-def _fake_split(prototypes: np.ndarray, num_examples: int, stream: int) -> Split:
+def _fake_split(prototypes: np.ndarray, num_examples: int,
+                stream: int) -> Split:
   rng = np.random.default_rng([_FAKE_DATA_SEED, stream])
   labels = rng.integers(0, NUM_CLASSES, num_examples).astype(np.int32)
   noise = rng.normal(0.0, 40.0, (num_examples, *IMAGE_SHAPE))
@@ -246,7 +250,7 @@ def _fake_splits(num_examples: int) -> Splits:
                 test=_fake_split(prototypes, held_out, stream=3))
 
 
-# --- tf.data pipelines ----------------------------------------------------------
+# --- tf.data pipelines -------------------------------------------------------
 
 
 def normalize(images):
@@ -301,7 +305,7 @@ def train_dataset(split: Split, *, batch_size: int, seed: int,
 def eval_dataset(split: Split, *, batch_size: int,
                  input_context: tf.distribute.InputContext | None = None
                  ) -> tf.data.Dataset:
-  """Every example of `split` exactly once, in order; the last batch may be short."""
+  """Every example of `split` once, in order; the last batch may be short."""
   indices = tf.data.Dataset.range(len(split.labels))
   if input_context:
     indices = indices.shard(input_context.num_input_pipelines,

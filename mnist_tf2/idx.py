@@ -60,7 +60,8 @@ def parse_idx(content: bytes, path) -> np.ndarray:
     labels, sharing memory with `content` (no copy).
   """
   if len(content) < 4:
-    raise DataError(f"{path}: {len(content)} bytes is too short for an IDX header")
+    raise DataError(
+        f"{path}: {len(content)} bytes is too short for an IDX header")
   (magic,) = struct.unpack(">I", content[:4])
   if magic not in _NDIM:
     raise DataError(
@@ -138,7 +139,7 @@ def _read_stamps() -> dict:
 
 
 def _write_stamp(key: str, entry: dict) -> None:
-  """Records a verification; silently does nothing if the cache is unwritable."""
+  """Records a verification; does nothing if the cache is unwritable."""
   stamp = _stamp_path()
   try:
     stamp.parent.mkdir(parents=True, exist_ok=True)

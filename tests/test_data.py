@@ -75,7 +75,7 @@ def closed_port() -> int:
     return s.getsockname()[1]
 
 
-# --- Bundled data --------------------------------------------------------------
+# --- Bundled data ------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_bundled_files_match_sha256sums():
     assert idx.content_sha256(content) == expected
 
 
-# --- Checksums and the verification cache ----------------------------------------
+# --- Checksums and the verification cache ------------------------------------
 
 
 @pytest.mark.parametrize("source", ["bundled", "idx"])
@@ -125,12 +125,14 @@ def test_checksum_mismatch_is_refused(source, tmp_path, monkeypatch):
   shutil.copytree(datasets.BUNDLED_DIR, data_dir)
   target = data_dir / "t10k-labels-idx1-ubyte.gz"
   content = bytearray(gzip.decompress(target.read_bytes()))
-  content[8] = (content[8] + 1) % 10  # Still a valid label: only the hash can tell.
+  # Still a valid label: only the checksum can tell.
+  content[8] = (content[8] + 1) % 10
   target.write_bytes(gzip.compress(bytes(content)))
   monkeypatch.setattr(datasets, "BUNDLED_DIR", data_dir)
 
   with pytest.raises(DataError) as e:
-    datasets.load_splits(make_config(data_source=source, data_dir=str(data_dir)))
+    datasets.load_splits(
+        make_config(data_source=source, data_dir=str(data_dir)))
   message = str(e.value)
   assert "t10k-labels-idx1-ubyte.gz" in message
   assert idx.content_sha256(bytes(content)) in message
@@ -173,7 +175,7 @@ def test_unwritable_cache_still_loads(tmp_path, monkeypatch):
   assert len(splits.train.labels) == 15
 
 
-# --- Reading IDX files -------------------------------------------------------------
+# --- Reading IDX files -------------------------------------------------------
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -186,7 +188,8 @@ def test_truncated_file_is_refused(tmp_path, gz):
     match = "corrupt or truncated gzip"
   else:
     path.write_bytes(content[:-100])
-    match = f"expected {len(content)} bytes of content, found {len(content) - 100}"
+    match = (f"expected {len(content)} bytes of content, "
+             f"found {len(content) - 100}")
   with pytest.raises(DataError, match=match) as e:
     idx.read_idx(path)
   assert str(path) in str(e.value)
@@ -202,7 +205,8 @@ def test_overlong_file_is_refused(tmp_path):
 def test_wrong_magic_is_refused(tmp_path):
   path = tmp_path / "images.gz"
   path.write_bytes(gzip.compress(struct.pack(">II", 0x00000804, 0)))
-  with pytest.raises(DataError, match=r"images.gz: bad magic number 0x00000804"):
+  with pytest.raises(DataError,
+                     match=r"images.gz: bad magic number 0x00000804"):
     idx.read_idx(path)
 
 
@@ -216,7 +220,7 @@ def test_gzip_detected_by_content_not_name(tmp_path):
   np.testing.assert_array_equal(idx.read_idx(gz_named_raw), labels)
 
 
-# --- The idx source ------------------------------------------------------------------
+# --- The idx source ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("dotted", [False, True])
@@ -249,7 +253,7 @@ def test_idx_missing_file_lists_names(tmp_path):
 
 @pytest.mark.parametrize("config, match", [
     (dict(data_dir=None), "needs --data_dir"),
-    (dict(data_dir="/nonexistent/mnist"), "/nonexistent/mnist is not a directory"),
+    (dict(data_dir="/nonexistent/mnist"), "/nonexistent/mnist is not a dir"),
     (dict(data_source="nope"), "unknown data_source 'nope'"),
 ])
 def test_bad_source_settings(config, match):
@@ -278,7 +282,7 @@ def test_idx_count_mismatch(tmp_path):
                                      validation_size=5))
 
 
-# --- Fake data --------------------------------------------------------------------------
+# --- Fake data ---------------------------------------------------------------
 
 
 def test_fake_data_shapes_and_determinism():
@@ -309,7 +313,7 @@ def test_fake_data_is_learnable():
   assert (predictions == splits.test.labels).mean() > 0.9
 
 
-# --- tfds ---------------------------------------------------------------------------------
+# --- tfds --------------------------------------------------------------------
 
 
 def test_tfds_mock_same_split_semantics(tmp_path, monkeypatch):
@@ -349,15 +353,16 @@ def test_tfds_offline_fails_fast(tmp_path, monkeypatch):
 
 def test_tfds_unknown_dataset(tmp_path):
   with pytest.raises(DataError, match="unknown tfds dataset 'no_such_mnist'"):
-    datasets.load_splits(make_config(data_source="tfds", dataset="no_such_mnist",
-                                     tfds_data_dir=str(tmp_path)))
+    datasets.load_splits(make_config(
+        data_source="tfds", dataset="no_such_mnist",
+        tfds_data_dir=str(tmp_path)))
 
 
-# --- Pipelines ------------------------------------------------------------------------------
+# --- Pipelines ---------------------------------------------------------------
 
 
 def numbered_split(n: int) -> datasets.Split:
-  """Example i has every pixel equal to i, so batches show which examples they hold."""
+  """Example i has all pixels equal to i, so batches show their examples."""
   images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None],
                            (n, 28, 28, 1))
   return datasets.Split(np.ascontiguousarray(images),
