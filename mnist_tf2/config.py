@@ -86,6 +86,20 @@ class Config:
                          choices=("auto", "default", "one_device", "mirrored", "multi_worker",
                                   "tpu"))
   num_cpu_devices: int = _field(0, "Split the CPU into N logical devices (0: leave as is).")
+  tpu: str = _field("", "TPU address for --strategy=tpu (empty: the local TPU).")
+  mixed_precision: bool = _field(False, "Compute in 16-bit floats: mixed_float16 with loss "
+                                 "scaling on GPU, mixed_bfloat16 on CPU/TPU.")
+  jit_compile: bool = _field(False, "Compile the train step with XLA.")
+
+  # Data augmentation (training only).
+  augment: bool = _field(False, "Randomly distort training images (never evaluation ones).")
+
+  # TensorBoard.
+  histogram_every: int = _field(1000, "Write weight histograms every N steps (0: never).")
+  profile_steps: str = _field("", "Write a profiler trace for steps A,B (e.g. 100,110).")
+
+  # Export.
+  export_dir: str = _field("", "If set, export a SavedModel there at the end of training.")
 
   def replace(self, **changes) -> "Config":
     return dataclasses.replace(self, **changes)
