@@ -83,3 +83,42 @@ def test_short_real_data_run_learns(tmp_path):
   assert int(match.group(1)) == 10000
   assert float(match.group(3)) > 0.85
   assert "Step 300: loss = " in result.stdout
+
+
+class _Stream:
+  def __init__(self, tty):
+    self.tty, self.text = tty, ""
+
+  def isatty(self):
+    return self.tty
+
+  def write(self, text):
+    self.text += text
+
+  def flush(self):
+    pass
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_bar_only_on_a_terminal(tty):
+  stream = _Stream(tty)
+  bar = loop.ProgressBar(200, stream=stream)
+  bar.update(100)
+  bar.clear()
+  if tty:
+    assert "\r[" + "=" * 15 + " " * 15 + "] 100/200" in stream.text
+    assert stream.text.endswith("\r")
+  else:
+    assert stream.text == ""
+
+
+@pytest.mark.parametrize("step, expected", [
+    (0, 5),      # steps_per_loop
+    (8, 10),     # the next log/checkpoint boundary
+    (10, 15),
+    (18, 20),    # max_steps
+])
+def test_next_stop_cuts_chunks_at_every_boundary(step, expected):
+  config = config_lib.resolve("softmax", "smoke", {"eval_every": 15})
+  assert (config.steps_per_loop, config.log_every, config.max_steps) == (5, 10, 20)
+  assert loop.next_stop(step, config) == expected
