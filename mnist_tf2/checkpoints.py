@@ -11,14 +11,20 @@ class Checkpointer:
   The checkpoint holds the model, the optimizer (with its slot variables: the
   optimizer must be built before `restore_or_initialize`, since Keras 3 creates
   slots lazily and a restore into an unbuilt optimizer silently drops them),
-  the global step (`optimizer.iterations`) and the input iterator. Dropout
-  seeds are derived from the step, so the step is the whole RNG state.
+  and the global step (`optimizer.iterations`). Dropout seeds and the input
+  position are derived from the step, so the step is the whole RNG and input
+  state, and a checkpoint restores under any tf.distribute strategy.
   """
 
-  def __init__(self, directory, max_to_keep, **trackables):
+  def __init__(self, directory, max_to_keep, restore_directory=None, **trackables):
+    """Saves to `directory`; restores from `restore_directory` (default: the same).
+
+    A non-chief worker saves to a directory of its own but restores the chief's.
+    """
     self.checkpoint = tf.train.Checkpoint(**trackables)
     self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
                                               max_to_keep=max_to_keep)
+    self.restore_directory = restore_directory or directory
 
   @property
   def latest(self):
@@ -26,7 +32,7 @@ class Checkpointer:
 
   def restore_or_initialize(self):
     """Restores the newest checkpoint if there is one; returns its path or None."""
-    path = self.manager.latest_checkpoint
+    path = tf.train.latest_checkpoint(self.restore_directory)
     if path is None:
       return None
     try:

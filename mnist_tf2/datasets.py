@@ -273,10 +273,15 @@ def _gather_batches(split: Split, indices: tf.data.Dataset, batch_size: int,
           .prefetch(tf.data.AUTOTUNE))
 
 
-def train_dataset(split: Split, *, batch_size: int, seed: int,
+def train_dataset(split: Split, *, batch_size: int, seed: int, start: int = 0,
                   input_context: tf.distribute.InputContext | None = None
                   ) -> tf.data.Dataset:
   """An endless, seeded, shuffled stream of training batches.
+
+  The stream of example indices is a pure function of `seed`, so the position
+  `start` in it stands for the whole input state: a run resumed at step s
+  starts at s * global_batch_size and reads what an uninterrupted run would,
+  whatever the number of replicas or workers before and after.
 
   Args:
     split: the training split.
@@ -284,6 +289,7 @@ def train_dataset(split: Split, *, batch_size: int, seed: int,
       `input_context` is given.
     seed: shuffle seed. Every input pipeline must get the same one, since the
       shards are disjoint only if all pipelines shuffle alike.
+    start: position in the (global, unsharded) index stream to begin at.
     input_context: from `strategy.distribute_datasets_from_function`; each
       input pipeline then reads its own shard.
 
@@ -303,8 +309,12 @@ def train_dataset(split: Split, *, batch_size: int, seed: int,
         seed=tf.stack([tf.constant(seed, tf.int64), epoch]), max_index=num_examples - 1)
     return tf.data.Dataset.from_tensor_slices(order)
 
-  indices = tf.data.Dataset.counter().flat_map(epoch_order)
+  start_epoch, offset = divmod(start, num_examples)
+  indices = tf.data.Dataset.counter(start_epoch).flat_map(epoch_order).skip(offset)
   if input_context:
+    # Pipeline i takes positions i, i + n, i + 2n, ... of the stream; with every
+    # pipeline batching its per-replica share, one step's replicas together see
+    # exactly the global batch a single device would.
     indices = indices.shard(input_context.num_input_pipelines,
                             input_context.input_pipeline_id)
   # Fixed-size batches keep one traced step function and an exact global batch.

@@ -31,50 +31,122 @@ def split_cpu(num_devices: int) -> None:
                       f"{len(tf.config.list_logical_devices('CPU'))} CPU devices") from None
 
 
+def read_tf_config() -> dict:
+  """Returns the TF_CONFIG cluster spec, or raises a one-line UserError.
+
+  TF_CONFIG is `{"cluster": {"worker": ["host:port", ...], ["chief": [...]]},
+  "task": {"type": "worker", "index": i}}`, the same on every machine except
+  for `task`. MultiWorkerMirroredStrategy reads it itself; checking it first
+  turns a typo into one line instead of a hang or a stack trace.
+  """
+  text = os.environ.get("TF_CONFIG", "")
+  if not text.strip():
+    raise UserError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                    "(the cluster spec and this worker's task)")
+  try:
+    tf_config = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise UserError(f"TF_CONFIG is not valid JSON: {e}") from None
+  cluster = tf_config.get("cluster") if isinstance(tf_config, dict) else None
+  if not isinstance(cluster, dict) or not cluster.get("worker") and not cluster.get("chief"):
+    raise UserError('TF_CONFIG needs "cluster": {"worker": ["host:port", ...]}')
+  for job, addresses in cluster.items():
+    if job not in ("chief", "worker"):
+      raise UserError(f"TF_CONFIG cluster job {job!r} is not supported; use chief and worker")
+    if (not isinstance(addresses, list)
+        or not all(isinstance(a, str) and a.rpartition(":")[2].isdigit() for a in addresses)):
+      raise UserError(f"TF_CONFIG cluster {job!r} must be a list of \"host:port\" strings, "
+                      f"got {addresses!r}")
+  if len(cluster.get("chief", [])) > 1:
+    raise UserError("TF_CONFIG cluster may have at most one chief")
+  task = tf_config.get("task")
+  if not isinstance(task, dict) or task.get("type") not in cluster:
+    raise UserError(f'TF_CONFIG needs "task": {{"type": one of {sorted(cluster)}, '
+                    f'"index": i}}, got {task!r}')
+  index = task.get("index")
+  if (not isinstance(index, int) or isinstance(index, bool)
+      or not 0 <= index < len(cluster[task["type"]])):
+    raise UserError(f"TF_CONFIG task index {index!r} is not in 0..{len(cluster[task['type']]) - 1} "
+                    f"for the {len(cluster[task['type']])} {task['type']} task(s)")
+  return tf_config
+
+
+def _tpu_strategy(config) -> tf.distribute.Strategy:
+  # Untested here (no TPU): the standard resolver -> connect -> initialise dance.
+  resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu)
+  tf.config.experimental_connect_to_cluster(resolver)
+  tf.tpu.experimental.initialize_tpu_system(resolver)
+  return tf.distribute.TPUStrategy(resolver)
+
+
+def _mirrored_strategy(config) -> tf.distribute.Strategy:
+  # With no GPUs, mirror over the (logical) CPU devices, so --num_cpu_devices=2
+  # gives two replicas.
+  devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+  return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def _one_device_strategy(config) -> tf.distribute.Strategy:
+  gpus = tf.config.list_logical_devices("GPU")
+  return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+
+
+def _multi_worker_strategy(config) -> tf.distribute.Strategy:
+  read_tf_config()
+  return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+# --strategy name -> constructor(config).
+STRATEGIES = {
+    "default": lambda config: tf.distribute.get_strategy(),
+    "one_device": _one_device_strategy,
+    "mirrored": _mirrored_strategy,
+    "multi_worker": _multi_worker_strategy,
+    "tpu": _tpu_strategy,
+}
+
+
 def create_strategy(config) -> tf.distribute.Strategy:
-  """Returns the strategy named by `config.strategy` (see the --strategy flag)."""
+  """Returns the strategy named by `config.strategy` (see the --strategy flag).
+
+  `auto` is mirrored when more than one GPU is visible, else default.
+  """
   split_cpu(config.num_cpu_devices)
   name = config.strategy
-  gpus = tf.config.list_logical_devices("GPU")
   if name == "auto":
-    name = "mirrored" if len(gpus) > 1 else "default"
-  if name == "default":
-    return tf.distribute.get_strategy()
-  if name == "one_device":
-    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-  if name == "mirrored":
-    # With no GPUs, mirror over the (logical) CPU devices, so --num_cpu_devices=2
-    # gives two replicas.
-    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-    return tf.distribute.MirroredStrategy(devices)
-  if name == "multi_worker":
-    if "TF_CONFIG" not in os.environ:
-      raise UserError("--strategy=multi_worker needs the TF_CONFIG environment variable "
-                      "(the cluster spec and this worker's task)")
-    try:
-      json.loads(os.environ["TF_CONFIG"])
-    except json.JSONDecodeError as e:
-      raise UserError(f"TF_CONFIG is not valid JSON: {e}") from None
-    return tf.distribute.MultiWorkerMirroredStrategy()
-  if name == "tpu":
-    tpu = getattr(config, "tpu", "")
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
-  raise UserError(f"unknown --strategy={name!r}")
+    name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
+  if name not in STRATEGIES:
+    raise UserError(f"unknown --strategy={name!r}")
+  return STRATEGIES[name](config)
+
+
+def per_replica_batch_size(global_batch_size: int, num_replicas: int) -> int:
+  """The share of each replica; refuses a global batch the replicas cannot split evenly."""
+  if global_batch_size % num_replicas:
+    raise UserError(f"--batch_size={global_batch_size} is the global batch and must be "
+                    f"divisible by the {num_replicas} replicas")
+  return global_batch_size // num_replicas
+
+
+def precision_policy(config) -> str:
+  """The Keras dtype policy: float32, or mixed_float16 on GPU / mixed_bfloat16 elsewhere.
+
+  GPUs compute fastest in float16 (which needs loss scaling); CPUs and TPUs
+  have bfloat16, whose float32-sized exponent needs none.
+  """
+  if not config.mixed_precision:
+    return "float32"
+  if config.strategy != "tpu" and tf.config.list_logical_devices("GPU"):
+    return "mixed_float16"
+  return "mixed_bfloat16"
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-  """True on the worker that owns the workdir (the only one, off multi-worker)."""
-  resolver = getattr(strategy, "cluster_resolver", None)
-  if resolver is None or not resolver.cluster_spec().as_dict():
-    return True
-  task_type, task_id = resolver.task_type, resolver.task_id
-  # The chief is the "chief" task if the cluster has one, else worker 0.
-  return task_type == "chief" or (
-      task_type == "worker" and task_id == 0
-      and "chief" not in resolver.cluster_spec().as_dict())
+  """True on the worker that owns the workdir (the only one, off multi-worker).
+
+  That is the "chief" task if the cluster has one, else worker 0.
+  """
+  return strategy.extended.should_checkpoint
 
 
 def worker_workdir(workdir: str, strategy: tf.distribute.Strategy) -> str:

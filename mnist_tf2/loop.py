@@ -5,12 +5,14 @@ keyed on the global step, `optimizer.iterations`, so a resumed run picks up the
 schedule where the interrupted one left it.
 """
 
+import hashlib
 import json
 import os
 import sys
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mnist_tf2 import checkpoints
@@ -105,8 +107,25 @@ def train_and_evaluate(config) -> dict:
     tf.config.experimental.enable_op_determinism()
   keras.utils.set_random_seed(config.seed)
   strategy = distribute.create_strategy(config)
+  replicas = strategy.num_replicas_in_sync
+  per_replica_batch = distribute.per_replica_batch_size(config.batch_size, replicas)
+  chief = distribute.is_chief(strategy)
   workdir = distribute.worker_workdir(config.workdir, strategy)
-  chief = workdir == config.workdir
+  try:
+    return _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, start_time)
+  finally:
+    distribute.cleanup_worker_workdir(workdir, config.workdir)
+
+
+def weights_digest(model) -> str:
+  """SHA-256 of the model's weights: equal on every worker, and across identical runs."""
+  digest = hashlib.sha256()
+  for variable in model.weights:
+    digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+  return digest.hexdigest()
+
+
+def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, start_time):
   if chief:
     prepare_workdir(config)
     write_json(os.path.join(workdir, "config.json"), config.to_dict())
@@ -115,33 +134,58 @@ def train_and_evaluate(config) -> dict:
   config_lib.check_batch_fits(config, {"train": len(splits.train.labels)})
   replicas = strategy.num_replicas_in_sync
   print(f"Model {config.model}, preset {config.preset}: global batch {config.batch_size} "
-        f"on {replicas} replica(s), {len(splits.train.labels)} training examples")
+        f"= {replicas} replica(s) x {per_replica_batch}, {len(splits.train.labels)} "
+        f"training examples")
 
+  policy = distribute.precision_policy(config)
   with strategy.scope():
-    model = models.create_model(config)
+    # Layers take the global dtype policy when they are built; restore it
+    # afterwards so nothing else in the process inherits it.
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+      model = models.create_model(config)
+    finally:
+      keras.config.set_dtype_policy(previous_policy)
     optimizer = optimizers.create_optimizer(config)
+    if policy == "mixed_float16":
+      optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     # Build the slots now, before any restore (see checkpoints.Checkpointer).
     optimizer.build(model.trainable_variables)
+  print(f"Strategy {type(strategy).__name__}; dtype policy {policy} (compute "
+        f"{model.dtype_policy.compute_dtype}, variables {model.dtype_policy.variable_dtype}"
+        f"{', loss scaling' if policy == 'mixed_float16' else ''}); "
+        f"XLA {'on' if config.jit_compile else 'off'}")
   trainer = trainer_lib.Trainer(config, strategy, model, optimizer)
 
-  train_data = strategy.distribute_datasets_from_function(
-      lambda ctx: datasets.train_dataset(
-          splits.train, batch_size=ctx.get_per_replica_batch_size(config.batch_size),
-          seed=config.seed, input_context=ctx))
-  eval_data = {
-      name: strategy.distribute_datasets_from_function(
-          lambda ctx, split=split: datasets.eval_dataset(
-              split, batch_size=config.eval_batch_size, input_context=ctx))
-      for name, split in splits._asdict().items() if len(split.labels)
-  }
-  iterator = iter(train_data)
+  # Every worker restores the chief's newest checkpoint (the workdir is shared)
+  # and saves to its own directory, of which only the chief's is kept.
   checkpointer = checkpoints.Checkpointer(
       os.path.join(workdir, "checkpoints"), config.max_to_keep,
-      model=model, optimizer=optimizer, iterator=iterator)
+      restore_directory=os.path.join(config.workdir, "checkpoints"),
+      model=model, optimizer=optimizer)
   restored = checkpointer.restore_or_initialize()
   step = int(optimizer.iterations.numpy())
   if restored:
     print(f"Resumed from {restored} at step {step}")
+
+  # The input position is step * global batch: the step is the whole input
+  # state, so a checkpoint resumes under any strategy and replica count
+  # (a distributed iterator cannot be checkpointed anyway).
+  train_data = strategy.distribute_datasets_from_function(
+      lambda ctx: datasets.train_dataset(
+          splits.train, batch_size=ctx.get_per_replica_batch_size(config.batch_size),
+          seed=config.seed, start=step * config.batch_size, input_context=ctx))
+  # Evaluation batches may be short (every example counts once), so the
+  # per-replica share is rounded up rather than required to divide evenly.
+  eval_batch = -(-config.eval_batch_size // replicas)
+  eval_data = {
+      name: strategy.distribute_datasets_from_function(
+          lambda ctx, split=split: datasets.eval_dataset(
+              split, batch_size=eval_batch, input_context=ctx))
+      for name, split in splits._asdict().items() if len(split.labels)
+  }
+  iterator = iter(train_data)
   summaries = summaries_lib.Summaries(workdir, enabled=chief)
 
   def evaluate_all():
@@ -183,15 +227,17 @@ def train_and_evaluate(config) -> dict:
 
   metrics = evaluate_all()
   summaries.flush()
+  digest = weights_digest(model)
+  print(f"Weights SHA-256: {digest}")
   results = {
       "model": config.model,
       "preset": config.preset,
       "steps": step,
       "wall_seconds": round(time.time() - start_time, 3),
       "metrics": metrics,
+      "weights_sha256": digest,
       "config": config.to_dict(),
   }
   if chief:
     write_json(os.path.join(workdir, "results.json"), results)
-  distribute.cleanup_worker_workdir(workdir, config.workdir)
   return results

@@ -6,6 +6,7 @@ through `strategy.run`, so the same code serves one CPU, many GPUs and many
 machines. The global step is `optimizer.iterations`.
 """
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -28,6 +29,15 @@ class Trainer:
     self.strategy = strategy
     self.model = model
     self.optimizer = optimizer
+    # Loss scaling keeps float16 gradients from underflowing; keras wraps the
+    # optimizer for it (see distribute.precision_policy for when it is used).
+    self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    # XLA compiles the per-replica step (forward, backward and update) into one
+    # fused program; the loop around it stays a plain tf.function, since it
+    # pulls from the input iterator, which XLA cannot compile.
+    self._replica_step = tf.function(self._replica_train_step,
+                                     jit_compile=True) if config.jit_compile else (
+                                         self._replica_train_step)
     self.train_loop = tf.function(self._train_loop)
     self._eval_loop = tf.function(self._eval_loop_fn)
 
@@ -49,13 +59,19 @@ class Trainer:
   def _replica_train_step(self, images, labels):
     """One optimizer step on this replica's share of the global batch."""
     with tf.GradientTape() as tape:
-      logits = self.model(images, training=True, dropout_seed=self._dropout_seed())
+      # Under a mixed policy the model computes in 16 bits; the softmax and the
+      # loss are kept in float32, where they are accurate.
+      logits = tf.cast(self.model(images, training=True, dropout_seed=self._dropout_seed()),
+                       tf.float32)
       per_example_loss = cross_entropy(labels, logits, self.config.label_smoothing)
       # Divide by the *global* batch, not this replica's: the gradients of all
       # replicas are summed, so the sum is the gradient of the global mean.
       loss = tf.nn.compute_average_loss(per_example_loss,
                                         global_batch_size=self.config.batch_size)
-    grads = tape.gradient(loss, self.model.trainable_variables)
+      # apply_gradients divides the scale back out (and skips the step if the
+      # gradients overflowed).
+      scaled_loss = self.optimizer.scale_loss(loss) if self.loss_scaling else loss
+    grads = tape.gradient(scaled_loss, self.model.trainable_variables)
     self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
     correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
                                              labels), tf.int32))
@@ -74,7 +90,7 @@ class Trainer:
     nonfinite_step = tf.constant(-1, tf.int64)
     for _ in tf.range(num_steps):
       step = tf.cast(self.optimizer.iterations, tf.int64) + 1
-      loss, correct = self.strategy.run(self._replica_train_step, args=next(iterator))
+      loss, correct = self.strategy.run(self._replica_step, args=next(iterator))
       loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
       correct = self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
       steps += 1
@@ -95,7 +111,7 @@ class Trainer:
   # --- evaluation -------------------------------------------------------------------------
 
   def _replica_eval_step(self, images, labels):
-    logits = self.model(images, training=False)
+    logits = tf.cast(self.model(images, training=False), tf.float32)
     loss = tf.reduce_sum(cross_entropy(labels, logits))
     correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
                                              labels), tf.int64))
