@@ -32,12 +32,12 @@ class Trainer:
     # Loss scaling keeps float16 gradients from underflowing; keras wraps the
     # optimizer for it (see distribute.precision_policy for when it is used).
     self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    # XLA compiles the per-replica step (forward, backward and update) into one
-    # fused program; the loop around it stays a plain tf.function, since it
-    # pulls from the input iterator, which XLA cannot compile.
-    self._replica_step = tf.function(self._replica_train_step,
-                                     jit_compile=True) if config.jit_compile else (
-                                         self._replica_train_step)
+    # XLA compiles the forward and backward pass of a replica into one fused
+    # program. The update stays outside: apply_gradients all-reduces across
+    # replicas and devices, which XLA cannot compile (nor the loop around it,
+    # which pulls from the input iterator).
+    self._gradients = (tf.function(self._replica_gradients, jit_compile=True)
+                       if config.jit_compile else self._replica_gradients)
     self.train_loop = tf.function(self._train_loop)
     self._eval_loop = tf.function(self._eval_loop_fn)
 
@@ -56,12 +56,12 @@ class Trainer:
     counter = step * self.strategy.num_replicas_in_sync + replica
     return tf.stack([tf.constant(self.config.seed, tf.int64), counter])
 
-  def _replica_train_step(self, images, labels):
-    """One optimizer step on this replica's share of the global batch."""
+  def _replica_gradients(self, images, labels, dropout_seed):
+    """Loss, gradients and correct predictions on this replica's share of the batch."""
     with tf.GradientTape() as tape:
       # Under a mixed policy the model computes in 16 bits; the softmax and the
       # loss are kept in float32, where they are accurate.
-      logits = tf.cast(self.model(images, training=True, dropout_seed=self._dropout_seed()),
+      logits = tf.cast(self.model(images, training=True, dropout_seed=dropout_seed),
                        tf.float32)
       per_example_loss = cross_entropy(labels, logits, self.config.label_smoothing)
       # Divide by the *global* batch, not this replica's: the gradients of all
@@ -72,9 +72,14 @@ class Trainer:
       # gradients overflowed).
       scaled_loss = self.optimizer.scale_loss(loss) if self.loss_scaling else loss
     grads = tape.gradient(scaled_loss, self.model.trainable_variables)
-    self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
     correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
                                              labels), tf.int32))
+    return loss, grads, correct
+
+  def _replica_train_step(self, images, labels):
+    """One optimizer step on this replica's share of the global batch."""
+    loss, grads, correct = self._gradients(images, labels, self._dropout_seed())
+    self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
     return loss, correct
 
   def _train_loop(self, iterator, num_steps):
@@ -90,7 +95,7 @@ class Trainer:
     nonfinite_step = tf.constant(-1, tf.int64)
     for _ in tf.range(num_steps):
       step = tf.cast(self.optimizer.iterations, tf.int64) + 1
-      loss, correct = self.strategy.run(self._replica_step, args=next(iterator))
+      loss, correct = self.strategy.run(self._replica_train_step, args=next(iterator))
       loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
       correct = self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
       steps += 1
