@@ -85,11 +85,14 @@ class Config:
   strategy: str = _field("auto", "auto, default, one_device, mirrored, multi_worker or tpu.",
                          choices=("auto", "default", "one_device", "mirrored", "multi_worker",
                                   "tpu"))
-  num_cpu_devices: int = _field(0, "Split the CPU into N logical devices (0: leave as is).")
-  tpu: str = _field("", "TPU address for --strategy=tpu (empty: the local TPU).")
+  num_cpu_devices: int = _field(0, "Split the CPU into N logical devices (0: leave as is), "
+                                "so --strategy=mirrored runs N replicas without GPUs.")
+  tpu: str = _field("", "TPU name or grpc:// address for --strategy=tpu (empty: the local "
+                    "TPU VM or the one in the environment).")
   mixed_precision: bool = _field(False, "Compute in 16-bit floats: mixed_float16 with loss "
                                  "scaling on GPU, mixed_bfloat16 on CPU/TPU.")
-  jit_compile: bool = _field(False, "Compile the train step with XLA.")
+  jit_compile: bool = _field(False, "Compile each replica's forward and backward pass with "
+                             "XLA.")
 
   # Data augmentation (training only).
   augment: bool = _field(False, "Randomly distort training images (never evaluation ones).")
@@ -212,6 +215,9 @@ def validate(config: Config) -> None:
   if config.warmup_steps >= config.max_steps and config.warmup_steps > 0:
     raise UserError(f"--warmup_steps={config.warmup_steps} must be below "
                     f"--max_steps={config.max_steps}")
+  if config.tpu and config.strategy != "tpu":
+    raise UserError(f"--tpu={config.tpu!r} applies to --strategy=tpu only, not "
+                    f"--strategy={config.strategy}")
   if config.data_source == "idx" and not config.data_dir:
     raise UserError("--data_source=idx needs --data_dir=DIR holding the four MNIST IDX files")
 

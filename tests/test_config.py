@@ -65,6 +65,9 @@ def test_fake_data_flag_selects_fake_source_and_workdir_defaults():
     ("mlp", "default", {"data_source": "idx"}, "--data_source=idx needs --data_dir"),
     ("mlp", "default", {"warmup_steps": 5000, "max_steps": 100}, "--warmup_steps=5000"),
     ("mlp", "default", {"nonsense": 1}, "unknown config field 'nonsense'"),
+    ("mlp", "default", {"strategy": "horovod"}, "--strategy='horovod' is not one of"),
+    ("mlp", "default", {"num_cpu_devices": -1}, "--num_cpu_devices must be >= 0"),
+    ("mlp", "default", {"tpu": "grpc://10.0.0.2:8470"}, "applies to --strategy=tpu only"),
 ])
 def test_invalid_config_is_refused_in_one_line(model, preset, overrides, message):
   with pytest.raises(UserError) as excinfo:
