@@ -420,6 +420,17 @@ def test_train_dataset_shards_are_disjoint():
   assert sorted(np.concatenate(shards)) == list(range(40))
 
 
+@pytest.mark.parametrize("start", [0, 7, 20, 45])
+def test_train_dataset_starts_at_a_position_of_the_same_stream(start):
+  """start=k reads what an unstarted stream reads after k examples (across epochs too)."""
+  split = numbered_split(20)
+  stream = np.concatenate(first_batches(datasets.train_dataset(split, batch_size=1, seed=5),
+                                        k=start + 12))
+  resumed = np.concatenate(first_batches(
+      datasets.train_dataset(split, batch_size=4, seed=5, start=start), k=3))
+  np.testing.assert_array_equal(resumed, stream[start:])
+
+
 def test_eval_dataset_covers_every_example_once():
   split = numbered_split(23)
   ds = datasets.eval_dataset(split, batch_size=5)
