@@ -96,6 +96,14 @@ def next_stop(step, config) -> int:
   return min(stops)
 
 
+def weights_digest(model) -> str:
+  """SHA-256 of the model's weights: equal on every worker, and across identical runs."""
+  digest = hashlib.sha256()
+  for variable in model.weights:
+    digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+  return digest.hexdigest()
+
+
 def train_and_evaluate(config) -> dict:
   """Trains `config.model` to `config.max_steps` and evaluates it.
 
@@ -117,15 +125,8 @@ def train_and_evaluate(config) -> dict:
     distribute.cleanup_worker_workdir(workdir, config.workdir)
 
 
-def weights_digest(model) -> str:
-  """SHA-256 of the model's weights: equal on every worker, and across identical runs."""
-  digest = hashlib.sha256()
-  for variable in model.weights:
-    digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
-  return digest.hexdigest()
-
-
 def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, start_time):
+  """The body of `train_and_evaluate`, writing to this worker's `workdir`."""
   if chief:
     prepare_workdir(config)
     write_json(os.path.join(workdir, "config.json"), config.to_dict())
