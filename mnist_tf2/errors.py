@@ -12,3 +12,18 @@ class UserError(Exception):
 
 class DataError(UserError):
   """A data file or data source that cannot be used."""
+
+
+class Preempted(Exception):
+  """Training stopped at a signal (SIGTERM, SIGINT) after saving a checkpoint.
+
+  Not an error: re-running the same command resumes. `train` exits with status
+  128 + the signal number (143 for SIGTERM, 130 for SIGINT), what a shell
+  reports for a process stopped by that signal, so `train && export` stops there
+  and a scheduler sees an interrupted job, not a finished one.
+  """
+
+  def __init__(self, signum):
+    super().__init__(f"stopped by signal {signum}")
+    self.signum = signum
+    self.exit_code = 128 + signum

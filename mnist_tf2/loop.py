@@ -23,33 +23,46 @@ from mnist_tf2 import models
 from mnist_tf2 import optimizers
 from mnist_tf2 import summaries as summaries_lib
 from mnist_tf2 import trainer as trainer_lib
+from mnist_tf2.errors import Preempted
 from mnist_tf2.errors import UserError
 
 SPLIT_TITLES = {"train": "Training", "validation": "Validation", "test": "Test"}
-# Fields that change the shapes or meaning of what a checkpoint holds.
-STRUCTURAL_FIELDS = ("model", "hidden1", "hidden2")
+# Fields that change which variables a checkpoint holds, or their shapes. (Not,
+# e.g., dropout_rate, batch_size or learning_rate: a resumed run may change them.)
+STRUCTURAL_FIELDS = ("model", "hidden1", "hidden2", "optimizer")
 
 
 def prepare_workdir(config) -> None:
-  """Creates the workdir and refuses one we cannot write or that holds another model."""
+  """Creates the workdir and refuses one we cannot write or that holds another model.
+
+  Nothing in an existing workdir is changed here: config.json is rewritten
+  only once the checkpoint has been restored (see train_and_evaluate).
+  """
   workdir = config.workdir
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise UserError(f"cannot write to --workdir={workdir}: {e.strerror or e}") from None
+  for directory in (workdir, os.path.join(workdir, "checkpoints")):
+    try:
+      os.makedirs(directory, exist_ok=True)
+      probe = os.path.join(directory, ".write_test")
+      with open(probe, "w") as f:
+        f.write("ok")
+      os.remove(probe)
+    except OSError as e:
+      raise UserError(f"cannot write to {directory}: {e.strerror or e}") from None
   saved_path = os.path.join(workdir, "config.json")
   if os.path.exists(saved_path):
-    with open(saved_path) as f:
-      saved = json.load(f)
-    for name in STRUCTURAL_FIELDS:
-      if name in saved and saved[name] != getattr(config, name):
-        raise UserError(
-            f"--workdir={workdir} holds a run with {name}={saved[name]!r}, this run has "
-            f"{name}={getattr(config, name)!r}; use a new --workdir")
+    try:
+      with open(saved_path) as f:
+        saved = json.load(f)
+    except (OSError, ValueError) as e:
+      raise UserError(f"cannot read {saved_path}: {e}; use a new --workdir") from None
+    differ = [name for name in STRUCTURAL_FIELDS
+              if name in saved and saved[name] != getattr(config, name)]
+    if differ:
+      raise UserError(
+          f"--workdir={workdir} holds a run with "
+          f"{', '.join(f'{name}={saved[name]!r}' for name in differ)} ({saved_path}), this run "
+          f"has {', '.join(f'{name}={getattr(config, name)!r}' for name in differ)}; "
+          "use a new --workdir (nothing was changed)")
 
 
 def write_json(path, data) -> None:
@@ -107,6 +120,10 @@ def weights_digest(model) -> str:
 def train_and_evaluate(config) -> dict:
   """Trains `config.model` to `config.max_steps` and evaluates it.
 
+  Resumes from the newest checkpoint in the workdir, if there is one. SIGTERM
+  or SIGINT saves a checkpoint at the step reached and raises `Preempted`.
+  (Not on multi-worker runs: there the workers would have to agree on the step.)
+
   Returns:
     The results dict also written to `<workdir>/results.json`.
   """
@@ -120,16 +137,18 @@ def train_and_evaluate(config) -> dict:
   chief = distribute.is_chief(strategy)
   workdir = distribute.worker_workdir(config.workdir, strategy)
   try:
-    return _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, start_time)
+    with checkpoints.PreemptionWatcher(enabled=config.strategy != "multi_worker") as preemption:
+      return _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch,
+                                 start_time, preemption)
   finally:
     distribute.cleanup_worker_workdir(workdir, config.workdir)
 
 
-def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, start_time):
+def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, start_time,
+                        preemption):
   """The body of `train_and_evaluate`, writing to this worker's `workdir`."""
   if chief:
     prepare_workdir(config)
-    write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   splits = datasets.load_splits(config)
   config_lib.check_batch_fits(config, {"train": len(splits.train.labels)})
@@ -169,6 +188,8 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
   step = int(optimizer.iterations.numpy())
   if restored:
     print(f"Resumed from {restored} at step {step}")
+  if chief:
+    write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   # The input position is step * global batch: the step is the whole input
   # state, so a checkpoint resumes under any strategy and replica count
@@ -200,13 +221,20 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
   progress = ProgressBar(config.max_steps)
   window_start, window_steps = time.time(), 0
   while step < config.max_steps:
+    if preemption.requested:
+      progress.clear()
+      summaries.flush()
+      print(f"Stopped by {preemption.signal_name} at step {step}: saved "
+            f"{checkpointer.save(step)}; run the same command again to resume", flush=True)
+      raise Preempted(preemption.signum)
     num_steps = next_stop(step, config) - step
     out = trainer.train_loop(iterator, tf.constant(num_steps, tf.int64))
     step = int(optimizer.iterations.numpy())
     if int(out["nonfinite_step"]) >= 0:
       progress.clear()
       raise UserError(f"loss is not finite at step {int(out['nonfinite_step'])}; stopped "
-                      f"without saving. Last good checkpoint: {checkpointer.latest or 'none'}")
+                      f"without saving; the last good checkpoint is "
+                      f"{checkpointer.latest or 'none'}")
     window_steps += int(out["steps"])
     progress.update(step)
     if step % config.log_every == 0 or step == config.max_steps:

@@ -15,6 +15,7 @@ from absl import flags
 from absl import logging
 
 from mnist_tf2 import config as config_lib
+from mnist_tf2.errors import Preempted
 from mnist_tf2.errors import UserError
 
 config_lib.define_flags()
@@ -33,6 +34,9 @@ def main(argv):
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except Preempted as e:
+    # The checkpoint is saved and the line saying so printed; see Preempted.
+    sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":
