@@ -179,7 +179,7 @@ class Checkpointer:
     for trackable in self.trackables.values():
       for variable in getattr(trackable, "variables", ()):
         if (tf.as_dtype(variable.dtype).is_floating
-            and not bool(tf.reduce_all(tf.math.is_finite(variable)))):
+            and not bool(tf.reduce_all(tf.math.is_finite(variable.value)))):
           raise UserError(f"not saving a checkpoint at step {step}: {variable.path} is not "
                           f"finite; the last good checkpoint is {self.latest or 'none'}")
 

@@ -35,19 +35,10 @@ STRUCTURAL_FIELDS = ("model", "hidden1", "hidden2", "optimizer")
 def prepare_workdir(config) -> None:
   """Creates the workdir and refuses one we cannot write or that holds another model.
 
-  Nothing in an existing workdir is changed here: config.json is rewritten
-  only once the checkpoint has been restored (see train_and_evaluate).
+  Nothing in an existing workdir is changed here (config.json is rewritten
+  only once the checkpoint has been restored, see train_and_evaluate).
   """
   workdir = config.workdir
-  for directory in (workdir, os.path.join(workdir, "checkpoints")):
-    try:
-      os.makedirs(directory, exist_ok=True)
-      probe = os.path.join(directory, ".write_test")
-      with open(probe, "w") as f:
-        f.write("ok")
-      os.remove(probe)
-    except OSError as e:
-      raise UserError(f"cannot write to {directory}: {e.strerror or e}") from None
   saved_path = os.path.join(workdir, "config.json")
   if os.path.exists(saved_path):
     try:
@@ -63,6 +54,16 @@ def prepare_workdir(config) -> None:
           f"{', '.join(f'{name}={saved[name]!r}' for name in differ)} ({saved_path}), this run "
           f"has {', '.join(f'{name}={getattr(config, name)!r}' for name in differ)}; "
           "use a new --workdir (nothing was changed)")
+  for directory in (workdir, os.path.join(workdir, "checkpoints")):
+    try:
+      os.makedirs(directory, exist_ok=True)
+      probe = os.path.join(directory, ".write_test")
+      with open(probe, "w") as f:
+        f.write("ok")
+      os.remove(probe)
+    except OSError as e:
+      where = "" if directory == workdir else f" ({directory})"
+      raise UserError(f"cannot write to --workdir={workdir}{where}: {e.strerror or e}") from None
 
 
 def write_json(path, data) -> None:
