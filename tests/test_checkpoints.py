@@ -399,3 +399,22 @@ def test_full_disk_leaves_the_previous_checkpoint_the_newest(mlp_copy):
   assert latest(workdir).endswith("ckpt-20")
   assert not [name for name in os.listdir(workdir / "checkpoints") if "ckpt-30" in name]
   assert_bit_identical(checkpoint_values(latest(workdir)), expected)
+
+
+def test_checkpoint_that_does_not_read_back_is_not_recorded(tmp_path, monkeypatch):
+  model, optimizer = build(config_lib.resolve("mlp", "smoke", {}))
+  checkpointer = checkpoints.Checkpointer(tmp_path, 2, model=model, optimizer=optimizer)
+  checkpointer.save(1)
+  good = checkpointer.save(2)
+  before = snapshot(tmp_path)
+
+  def unreadable(path):
+    raise tf.errors.DataLossError(None, None, f"{path}: checksum does not match")
+
+  monkeypatch.setattr(checkpoints, "read_all_tensors", unreadable)
+  with pytest.raises(UserError, match=rf"cannot write checkpoint {tmp_path}/ckpt-3 \(.*checksum "
+                                      rf"does not match\); the last good checkpoint is {good}$"):
+    checkpointer.save(3)
+  # ckpt-1 is not rotated out for an unverified ckpt-3, which is removed.
+  assert snapshot(tmp_path) == before
+  assert tf.train.latest_checkpoint(tmp_path) == good
