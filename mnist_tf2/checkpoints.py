@@ -38,8 +38,10 @@ CHECKPOINT_NAME = "ckpt"
 
 
 def first_line(error) -> str:
+  """The gist of an error: its first line without TensorFlow's op decorations."""
   text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
+  text = text.splitlines()[0] if text else type(error).__name__
+  return re.sub(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]$", "", text)
 
 
 def read_all_tensors(path) -> None:
