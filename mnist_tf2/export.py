@@ -40,17 +40,23 @@ class ServingModule(tf.Module):
 
   def __init__(self, model):
     super().__init__()
-    self.model = model
 
-  @tf.function(input_signature=[IMAGES_SPEC])
-  def serve(self, images):
-    # Normalised exactly as in training (datasets.normalize), inside the graph,
-    # so clients send the pixels as they are.
-    logits = self.model(datasets.normalize(images), training=False)
-    # Mixed-precision models compute logits in 16 bits; serve float32.
-    logits = tf.cast(logits, tf.float32)
-    return {"probabilities": tf.nn.softmax(logits),
-            "classes": tf.argmax(logits, axis=-1, output_type=tf.int64)}
+    @tf.function(input_signature=[IMAGES_SPEC])
+    def serve(images):
+      # Normalised exactly as in training (datasets.normalize), inside the
+      # graph, so clients send the pixels as they are.
+      logits = model(datasets.normalize(images), training=False)
+      # Mixed-precision models compute logits in 16 bits; serve float32.
+      logits = tf.cast(logits, tf.float32)
+      return {"probabilities": tf.nn.softmax(logits),
+              "classes": tf.argmax(logits, axis=-1, output_type=tf.int64)}
+
+    self.serve = serve
+    # Track the TensorFlow variables the function reads rather than the Keras
+    # model: a saved Keras 3 model object leaves its variables where the TF1
+    # loader (saved_model_cli run, TensorFlow Serving) does not restore them,
+    # and it fails with "Could not find variable ...".
+    self.model_variables = list(serve.get_concrete_function().variables)
 
 
 def is_saved_model(path: str) -> bool:
