@@ -262,6 +262,22 @@ def json_record(record: dict) -> str:
                      "top_k": [{"class": c, "probability": q} for c, q in record["top_k"]]})
 
 
+def report(records: list[dict], as_json: bool = False) -> bool:
+  """Prints the answers on stdout, one error line per failed file on stderr.
+
+  Returns:
+    Whether any file failed.
+  """
+  for record in records:
+    if "error" in record:
+      print(f"error: {record['file']}: {record['error']}", file=sys.stderr)
+    if as_json:
+      print(json_record(record))
+    elif "error" not in record:
+      print(format_record(record))
+  return any("error" in record for record in records)
+
+
 def define_flags() -> None:
   flags.DEFINE_string("export_dir", "", "The SavedModel written by mnist_tf2.export.")
   flags.DEFINE_bool("json", False, "Print one JSON object per file instead of text.")
@@ -283,14 +299,7 @@ def main(argv):
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  for record in records:
-    if "error" in record:
-      print(f"error: {record['file']}: {record['error']}", file=sys.stderr)
-    if flag_values.json:
-      print(json_record(record))
-    elif "error" not in record:
-      print(format_record(record))
-  if any("error" in record for record in records):
+  if report(records, flag_values.json):
     sys.exit(2)
 
 
