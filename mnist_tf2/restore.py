@@ -5,7 +5,10 @@ Used by the commands that work on a finished (or running) training run, such as
 restored; the optimizer and the input iterator in the checkpoint are ignored.
 """
 
+import contextlib
+import gc
 import json
+import logging
 import os
 from typing import NamedTuple
 
@@ -75,15 +78,32 @@ def restore_model(workdir: str) -> Restored:
   # deliberately left unread (expect_partial), but every weight of the model
   # must be found there, so a checkpoint of another model is refused instead of
   # half-loaded.
-  try:
-    status = tf.train.Checkpoint(model=model).restore(path)
-    status.expect_partial()
-    status.assert_existing_objects_matched()
-  except (tf.errors.OpError, ValueError, AssertionError) as e:
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise UserError(f"cannot restore the {config.model} model from {path}: {first_line}"
-                    ) from None
+  failure = None
+  with _tf_warnings_silenced():
+    try:
+      status = tf.train.Checkpoint(model=model).restore(path)
+      status.expect_partial()
+      status.assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+      failure = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    # A restore that failed half-way (a shape mismatch) never got its
+    # expect_partial(): its deleter would list every unread checkpoint value
+    # as warnings after our one-line error. Collect it here, in silence.
+    gc.collect()
+  if failure:
+    raise UserError(f"cannot restore the {config.model} model from {path}: {failure}")
   return Restored(config, model, path, _global_step(path))
+
+
+@contextlib.contextmanager
+def _tf_warnings_silenced():
+  logger = tf.get_logger()
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 def _global_step(path: str) -> int | None:

@@ -181,6 +181,13 @@ def _workdir_with(tmp_path, config_text=None, checkpoint_from=None):
   return str(workdir)
 
 
+def _foreign_checkpoint(workdir):
+  """A checkpoint that holds no model at all (nothing to mismatch in shape)."""
+  checkpoint = tf.train.Checkpoint(something_else=tf.Variable(1.0))
+  tf.train.CheckpointManager(checkpoint, os.path.join(workdir, "checkpoints"), 2).save()
+  return workdir
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", r"--workdir=.*/nowhere is not a directory"),
     ("no_config", r"config.json does not exist; is --workdir=.* a training workdir\?"),
@@ -189,8 +196,9 @@ def _workdir_with(tmp_path, config_text=None, checkpoint_from=None):
     ("bad_value", r"config.json: --model='perceptron' is not one of: softmax, mlp, cnn"),
     ("no_checkpoint", r"no checkpoint in .*/checkpoints; train first"),
     ("other_model", r"cannot restore the mlp model from .*ckpt-300: "),
+    ("foreign_checkpoint", r"cannot restore the softmax model from .*ckpt-1: "),
 ])
-def test_restore_errors_are_one_line(trained, tmp_path, case, message):
+def test_restore_errors_are_one_line(trained, tmp_path, case, message, caplog):
   softmax_config = json.dumps({"model": "softmax"})
   workdir = {
       "missing": lambda: str(tmp_path / "nowhere"),
@@ -201,11 +209,14 @@ def test_restore_errors_are_one_line(trained, tmp_path, case, message):
       "no_checkpoint": lambda: _workdir_with(tmp_path, softmax_config),
       "other_model": lambda: _workdir_with(tmp_path, json.dumps({"model": "mlp"}),
                                            checkpoint_from=trained.workdir),
+      "foreign_checkpoint": lambda: _foreign_checkpoint(_workdir_with(tmp_path, softmax_config)),
   }[case]()
   with pytest.raises(UserError, match=message) as error:
     export.export_workdir(workdir, str(tmp_path / "export"))
   assert "\n" not in str(error.value)
   assert not (tmp_path / "export").exists()
+  # Nor does TensorFlow add warnings about the half-read checkpoint after it.
+  assert not [r for r in caplog.records if "checkpoint" in r.getMessage()]
 
 
 def test_train_refuses_a_non_empty_export_dir_before_training(tmp_path):
