@@ -40,6 +40,7 @@ FORMATS = ("PNG", "JPEG", "BMP", "GIF")
 # bomb (a small file that decodes to gigabytes) costs nothing.
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 50_000_000
+WORKING_SIZE = 2048  # larger images are shrunk to this many pixels a side first
 
 MNIST_SIZE = 28  # the image
 MNIST_BOX = 20  # the box the digit's bounding box is scaled into
@@ -81,6 +82,8 @@ def read_image(path: str) -> tuple[np.ndarray, np.ndarray | None]:
         width, height = image.size
         if width * height > MAX_PIXELS:
           raise UserError(f"{width}x{height} pixels is more than the {MAX_PIXELS:,} pixel limit")
+        # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: far quicker for photos.
+        image.draft(None, (WORKING_SIZE, WORKING_SIZE))
         image.load()  # A GIF's first frame.
         image = ImageOps.exif_transpose(image)  # Photos stored sideways.
         return _greyscale(image)
@@ -97,23 +100,29 @@ def read_image(path: str) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _greyscale(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+  scale = 1.0
+  has_alpha = "A" in image.mode or "transparency" in image.info
   if image.mode.startswith("I"):
     # 16-bit greyscale (PNG): Pillow's conversion to "L" clips instead of scaling.
-    return np.asarray(image, np.float32) * (255.0 / 65535.0), None
-  has_alpha = "A" in image.mode or "transparency" in image.info
-  if has_alpha:
+    image, scale, has_alpha = image.convert("F"), 255.0 / 65535.0, False
+  elif has_alpha:
     image = image.convert("RGBA")  # Also resolves a palette's transparent colour.
-    alpha = np.asarray(image.getchannel("A"), np.float32)
-  grey = np.asarray(image.convert("L"), np.float32)
-  return grey, (alpha if has_alpha else None)
+  else:
+    image = image.convert("L")
+  # The digit ends up 20 pixels tall: a few thousand pixels a side lose nothing
+  # and keep the float copies below small (50 megapixels would need gigabytes).
+  image.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
+  alpha = np.asarray(image.getchannel("A"), np.float32) if has_alpha else None
+  grey = np.asarray(image if image.mode == "F" else image.convert("L"), np.float32) * scale
+  return grey, alpha
 
 
 def _border(pixels: np.ndarray) -> np.ndarray:
   """The pixels of the outer band of the image (5% of its size, at least 1)."""
   band = max(1, round(0.05 * min(pixels.shape)))
-  inner = np.ones(pixels.shape, bool)
-  inner[band:-band, band:-band] = False
-  return pixels[inner]
+  border = np.ones(pixels.shape, bool)
+  border[band:-band, band:-band] = False
+  return pixels[border]
 
 
 def to_ink(grey: np.ndarray, alpha: np.ndarray | None = None) -> np.ndarray:
