@@ -19,6 +19,7 @@ from mnist_tf2 import checkpoints
 from mnist_tf2 import config as config_lib
 from mnist_tf2 import datasets
 from mnist_tf2 import distribute
+from mnist_tf2 import export
 from mnist_tf2 import models
 from mnist_tf2 import optimizers
 from mnist_tf2 import summaries as summaries_lib
@@ -150,6 +151,8 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
   """The body of `train_and_evaluate`, writing to this worker's `workdir`."""
   if chief:
     prepare_workdir(config)
+    if config.export_dir:
+      export.check_export_dir(config.export_dir)  # Refused now, not after training.
 
   splits = datasets.load_splits(config)
   config_lib.check_batch_fits(config, {"train": len(splits.train.labels)})
@@ -270,4 +273,7 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
   }
   if chief:
     write_json(os.path.join(workdir, "results.json"), results)
+    if config.export_dir:
+      export.export_model(model, config, config.export_dir)
+      print(f"Exported the SavedModel to {config.export_dir}")
   return results

@@ -1,0 +1,113 @@
+"""Rebuilding a trained model from a workdir: its config.json and newest checkpoint.
+
+Used by the commands that work on a finished (or running) training run, such as
+`mnist_tf2.export` and `mnist_tf2.evaluate`. Only the model's weights are
+restored; the optimizer and the input iterator in the checkpoint are ignored.
+"""
+
+import contextlib
+import gc
+import json
+import logging
+import os
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from mnist_tf2 import config as config_lib
+from mnist_tf2 import models
+from mnist_tf2.errors import UserError
+
+# Where the training checkpoint keeps the global step (optimizer.iterations).
+STEP_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+class Restored(NamedTuple):
+  config: config_lib.Config  # the run's config, as written to config.json
+  model: keras.Model  # weights from `checkpoint`
+  checkpoint: str  # the checkpoint path (prefix) the weights came from
+  step: int | None  # the global step of that checkpoint, if it records one
+
+
+def load_config(workdir: str) -> config_lib.Config:
+  """Reads `<workdir>/config.json` back into a validated Config.
+
+  Fields this version does not know (a config written by a newer version) are
+  ignored, and fields it lacks get their defaults: only the model fields matter
+  for rebuilding the model, and those are checked by the restore itself.
+  """
+  if not os.path.isdir(workdir):
+    raise UserError(f"--workdir={workdir} is not a directory")
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except FileNotFoundError:
+    raise UserError(f"{path} does not exist; is --workdir={workdir} a training workdir?"
+                    ) from None
+  except (OSError, ValueError) as e:
+    # ValueError covers JSONDecodeError and UnicodeDecodeError.
+    raise UserError(f"cannot read {path}: {e}") from None
+  if not isinstance(saved, dict) or "model" not in saved:
+    raise UserError(f"{path} is not a training config (no 'model' field)")
+  known = {name: value for name, value in saved.items() if name in config_lib.FIELDS}
+  try:
+    config = config_lib.Config(**known)
+    config_lib.validate(config)
+  except (TypeError, UserError) as e:
+    raise UserError(f"{path}: {e}") from None
+  return config
+
+
+def restore_model(workdir: str) -> Restored:
+  """Builds the run's model and loads the weights of its newest checkpoint.
+
+  Raises:
+    UserError: no workdir, no or unreadable config.json, no checkpoint, or a
+      checkpoint that does not hold this model's weights.
+  """
+  config = load_config(workdir)
+  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  path = tf.train.latest_checkpoint(checkpoint_dir)
+  if path is None:
+    raise UserError(f"no checkpoint in {checkpoint_dir}; train first "
+                    f"(python -m mnist_tf2.train --workdir={workdir})")
+  model = models.create_model(config)
+  # Only the model is asked for: the optimizer and iterator in the file are
+  # deliberately left unread (expect_partial), but every weight of the model
+  # must be found there, so a checkpoint of another model is refused instead of
+  # half-loaded.
+  failure = None
+  with _tf_warnings_silenced():
+    try:
+      status = tf.train.Checkpoint(model=model).restore(path)
+      status.expect_partial()
+      status.assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+      failure = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    # A restore that failed half-way (a shape mismatch) never got its
+    # expect_partial(): its deleter would list every unread checkpoint value
+    # as warnings after our one-line error. Collect it here, in silence.
+    gc.collect()
+  if failure:
+    raise UserError(f"cannot restore the {config.model} model from {path}: {failure}")
+  return Restored(config, model, path, _global_step(path))
+
+
+@contextlib.contextmanager
+def _tf_warnings_silenced():
+  logger = tf.get_logger()
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def _global_step(path: str) -> int | None:
+  try:
+    return int(tf.train.load_variable(path, STEP_KEY))
+  except (tf.errors.OpError, ValueError):
+    return None

@@ -1,0 +1,454 @@
+"""Using a trained model: export (SavedModel), evaluate, predict on image files.
+
+One softmax regression is trained briefly on the bundled MNIST for the whole
+module (300 steps, ~90% test accuracy) and exported at the end of training.
+"""
+
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import types
+import zlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import run_module
+from mnist_tf2 import config as config_lib
+from mnist_tf2 import datasets
+from mnist_tf2 import evaluate
+from mnist_tf2 import export
+from mnist_tf2 import loop
+from mnist_tf2 import predict
+from mnist_tf2 import restore
+from mnist_tf2.errors import UserError
+
+NUM_IMAGES = 50  # per variant of the image-file test
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  base = tmp_path_factory.mktemp("trained")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("XDG_CACHE_HOME", str(base / "cache"))
+    config = config_lib.resolve("softmax", "seed", {
+        "max_steps": 300, "workdir": str(base / "workdir"),
+        "export_dir": str(base / "export")})
+    results = loop.train_and_evaluate(config)
+    splits = datasets.load_splits(config)
+  return types.SimpleNamespace(workdir=config.workdir, export_dir=config.export_dir,
+                               results=results, test=splits.test)
+
+
+def _serving_default(export_dir):
+  loaded = tf.saved_model.load(export_dir)
+  return loaded, loaded.signatures["serving_default"]
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+def test_saved_model_matches_the_checkpointed_model(trained):
+  restored = restore.restore_model(trained.workdir)
+  assert restored.step == 300 and restored.checkpoint.endswith("ckpt-300")
+  images = trained.test.images[:64]
+  expected = tf.nn.softmax(restored.model(datasets.normalize(images), training=False)).numpy()
+
+  loaded, serve = _serving_default(trained.export_dir)
+  inputs = serve.structured_input_signature[1]
+  assert list(inputs) == ["images"]
+  assert inputs["images"].dtype == tf.uint8
+  assert inputs["images"].shape.as_list() == [None, 28, 28, 1]
+  outputs = serve(images=tf.constant(images))
+  assert set(outputs) == {"probabilities", "classes"}
+  assert outputs["probabilities"].dtype == tf.float32 and outputs["classes"].dtype == tf.int64
+  np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5, rtol=0)
+  np.testing.assert_array_equal(outputs["classes"].numpy(), expected.argmax(-1))
+  # Trained, not a fresh model: the test accuracy is the one training reported.
+  accuracy = float(np.mean(outputs["classes"].numpy() == trained.test.labels[:64]))
+  assert accuracy > 0.8
+  del loaded
+
+
+def test_saved_model_loads_where_the_package_cannot_be_imported(trained, tmp_path):
+  images = trained.test.images[:8]
+  np.save(tmp_path / "images.npy", images)
+  _, serve = _serving_default(trained.export_dir)
+  np.save(tmp_path / "expected.npy", serve(images=tf.constant(images))["probabilities"].numpy())
+  script = f"""
+import sys
+sys.path = [p for p in sys.path if p not in ("", {os.getcwd()!r})]
+sys.modules["mnist_tf2"] = None  # any import of the package now fails
+import numpy as np
+import tensorflow as tf
+loaded = tf.saved_model.load({trained.export_dir!r})
+out = loaded.signatures["serving_default"](images=tf.constant(np.load("images.npy")))
+np.testing.assert_allclose(out["probabilities"].numpy(), np.load("expected.npy"), atol=1e-5)
+assert not [m for m in sys.modules if m.startswith("mnist_tf2.")]
+print("loaded", out["classes"].numpy().tolist())
+"""
+  result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": ""})
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.startswith("loaded [")
+
+
+def test_saved_model_cli_show_and_run(trained, tmp_path):
+  cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+  common = ["--dir", trained.export_dir, "--tag_set", "serve",
+            "--signature_def", "serving_default"]
+  show = subprocess.run([cli, "show", *common], capture_output=True, text=True, timeout=120)
+  assert show.returncode == 0, show.stderr[-2000:]
+  assert re.search(r"inputs\['images'\] tensor_info:\s+dtype: DT_UINT8\s+shape: \(-1, 28, 28, 1\)",
+                   show.stdout), show.stdout
+  assert re.search(r"outputs\['classes'\] tensor_info:\s+dtype: DT_INT64\s+shape: \(-1\)",
+                   show.stdout), show.stdout
+  assert re.search(r"outputs\['probabilities'\] tensor_info:\s+dtype: DT_FLOAT\s+"
+                   r"shape: \(-1, 10\)", show.stdout), show.stdout
+
+  # `run` loads through the TF1 session loader, as TensorFlow Serving does.
+  images = trained.test.images[:5]
+  np.save(tmp_path / "images.npy", images)
+  run = subprocess.run([cli, "run", *common, "--inputs", f"images={tmp_path / 'images.npy'}"],
+                       capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0, run.stderr[-2000:]
+  classes = re.search(r"Result for output key classes:\n\[([\d ]+)\]", run.stdout).group(1)
+  _, serve = _serving_default(trained.export_dir)
+  assert [int(c) for c in classes.split()] == serve(images=images)["classes"].numpy().tolist()
+
+
+def test_export_command_refuses_to_overwrite_without_flag(trained, tmp_path):
+  target = tmp_path / "exported"
+  first = run_module("mnist_tf2.export", f"--workdir={trained.workdir}",
+                     f"--export_dir={target}", timeout=120)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert f"ckpt-300 (step 300) to {target}" in first.stdout
+  saved = (target / "saved_model.pb").read_bytes()
+
+  again = run_module("mnist_tf2.export", f"--workdir={trained.workdir}",
+                     f"--export_dir={target}", timeout=120)
+  assert again.returncode == 2
+  errors = [line for line in again.stderr.splitlines() if line.startswith("error:")]
+  assert errors == [f"error: --export_dir={target} is not empty; pass --overwrite to replace "
+                    "the SavedModel there, or choose a new directory"]
+  assert "Traceback" not in again.stderr
+  assert (target / "saved_model.pb").read_bytes() == saved
+
+
+def test_overwrite_swaps_in_a_new_export_and_leaves_nothing_behind(trained, tmp_path):
+  target = tmp_path / "exported"
+  export.export_workdir(trained.workdir, str(target))
+  (target / "marker").write_text("from the earlier export")
+  export.export_workdir(trained.workdir, str(target), overwrite=True)
+  assert not (target / "marker").exists()
+  assert export.is_saved_model(str(target))
+  assert sorted(os.listdir(tmp_path)) == ["exported"]  # no staging or retired copies
+
+
+def test_overwrite_never_replaces_what_is_not_a_saved_model(trained, tmp_path):
+  precious = tmp_path / "precious"
+  precious.mkdir()
+  (precious / "thesis.tex").write_text("years of work")
+  with pytest.raises(UserError, match="holds no SavedModel; refusing to replace it, even "
+                     "with --overwrite"):
+    export.export_workdir(trained.workdir, str(precious), overwrite=True)
+  assert os.listdir(precious) == ["thesis.tex"]
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  with pytest.raises(UserError, match="exists and is not a directory"):
+    export.export_workdir(trained.workdir, str(a_file), overwrite=True)
+  assert a_file.read_text() == "x"
+
+
+def test_export_into_an_existing_empty_directory(trained, tmp_path):
+  (tmp_path / "empty").mkdir()
+  export.export_workdir(trained.workdir, str(tmp_path / "empty"))
+  assert export.is_saved_model(str(tmp_path / "empty"))
+
+
+def _workdir_with(tmp_path, config_text=None, checkpoint_from=None):
+  workdir = tmp_path / "workdir"
+  workdir.mkdir()
+  if config_text is not None:
+    (workdir / "config.json").write_text(config_text)
+  if checkpoint_from is not None:
+    os.symlink(os.path.join(checkpoint_from, "checkpoints"), workdir / "checkpoints")
+  return str(workdir)
+
+
+def _foreign_checkpoint(workdir):
+  """A checkpoint that holds no model at all (nothing to mismatch in shape)."""
+  checkpoint = tf.train.Checkpoint(something_else=tf.Variable(1.0))
+  tf.train.CheckpointManager(checkpoint, os.path.join(workdir, "checkpoints"), 2).save()
+  return workdir
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", r"--workdir=.*/nowhere is not a directory"),
+    ("no_config", r"config.json does not exist; is --workdir=.* a training workdir\?"),
+    ("bad_json", r"cannot read .*config.json: Expecting property name"),
+    ("not_a_config", r"config.json is not a training config \(no 'model' field\)"),
+    ("bad_value", r"config.json: --model='perceptron' is not one of: softmax, mlp, cnn"),
+    ("no_checkpoint", r"no checkpoint in .*/checkpoints; train first"),
+    ("other_model", r"cannot restore the mlp model from .*ckpt-300: "),
+    ("foreign_checkpoint", r"cannot restore the softmax model from .*ckpt-1: "),
+])
+def test_restore_errors_are_one_line(trained, tmp_path, case, message, caplog):
+  softmax_config = json.dumps({"model": "softmax"})
+  workdir = {
+      "missing": lambda: str(tmp_path / "nowhere"),
+      "no_config": lambda: _workdir_with(tmp_path),
+      "bad_json": lambda: _workdir_with(tmp_path, "{not json"),
+      "not_a_config": lambda: _workdir_with(tmp_path, "[1, 2]"),
+      "bad_value": lambda: _workdir_with(tmp_path, json.dumps({"model": "perceptron"})),
+      "no_checkpoint": lambda: _workdir_with(tmp_path, softmax_config),
+      "other_model": lambda: _workdir_with(tmp_path, json.dumps({"model": "mlp"}),
+                                           checkpoint_from=trained.workdir),
+      "foreign_checkpoint": lambda: _foreign_checkpoint(_workdir_with(tmp_path, softmax_config)),
+  }[case]()
+  with pytest.raises(UserError, match=message) as error:
+    export.export_workdir(workdir, str(tmp_path / "export"))
+  assert "\n" not in str(error.value)
+  assert not (tmp_path / "export").exists()
+  # Nor does TensorFlow add warnings about the half-read checkpoint after it.
+  assert not [r for r in caplog.records if "checkpoint" in r.getMessage()]
+
+
+def test_train_refuses_a_non_empty_export_dir_before_training(tmp_path):
+  (tmp_path / "export").mkdir()
+  (tmp_path / "export" / "keep.txt").write_text("mine")
+  config = config_lib.resolve("softmax", "smoke", {
+      "workdir": str(tmp_path / "workdir"), "export_dir": str(tmp_path / "export")})
+  with pytest.raises(UserError, match="is not empty; pass --overwrite"):
+    loop.train_and_evaluate(config)
+  assert not (tmp_path / "workdir" / "checkpoints").exists()
+  assert os.listdir(tmp_path / "export") == ["keep.txt"]
+
+
+# --- evaluate -------------------------------------------------------------------------------
+
+
+def test_evaluate_command_reproduces_the_training_evaluation(trained):
+  result = run_module("mnist_tf2.evaluate", f"--workdir={trained.workdir}",
+                      "--splits=test,validation", timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  out = result.stdout
+  assert "Training Data Eval:" not in out
+  for split, title in (("test", "Test"), ("validation", "Validation")):
+    metrics = trained.results["metrics"][split]
+    assert loop.format_eval(split, metrics) in out
+    block = out.split(f"{title} Data Eval:")[1]
+    rows = re.findall(r"^ +(\d) ((?: +\d+){10})$", block, re.M)[:10]
+    assert [int(label) for label, _ in rows] == list(range(10))
+    matrix = np.array([[int(n) for n in counts.split()] for _, counts in rows])
+    assert matrix.sum() == metrics["num_examples"]
+    assert np.trace(matrix) == metrics["num_correct"]
+  assert out.index("Test Data Eval:") < out.index("Validation Data Eval:")
+
+
+def test_confusion_matrix_counts_label_prediction_pairs(trained):
+  restored = restore.restore_model(trained.workdir)
+  split = datasets.Split(trained.test.images[:300], trained.test.labels[:300])
+  matrix = evaluate.confusion_matrix(restored.model,
+                                     datasets.eval_dataset(split, batch_size=128))
+  predictions = restored.model(datasets.normalize(split.images)).numpy().argmax(-1)
+  expected = np.zeros((10, 10), np.int64)
+  np.add.at(expected, (split.labels, predictions), 1)
+  np.testing.assert_array_equal(matrix, expected)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("test", ["test"]), ("test, train,test", ["test", "train"]),
+    ("train,validation,test", ["train", "validation", "test"])])
+def test_parse_splits(text, expected):
+  assert evaluate.parse_splits(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", " , ", "test,dev"])
+def test_parse_splits_refuses(text):
+  with pytest.raises(UserError, match="split"):
+    evaluate.parse_splits(text)
+
+
+# --- predict: the MNIST-style fitting ------------------------------------------------------
+
+
+def _stroke_image(size, background, ink, box):
+  """A thick 'L'-shaped stroke inside `box` (top, left, bottom, right) of an image."""
+  image = np.full(size, background, np.uint8)
+  top, left, bottom, right = box
+  image[top:bottom, left:left + (right - left) // 4] = ink
+  image[bottom - (bottom - top) // 5:bottom, left:right] = ink
+  return image
+
+
+def _check_mnist_like(image):
+  """Bounding box longer side ~20, centre of mass at (14, 14), ink light on 0."""
+  assert image.shape == (28, 28) and image.dtype == np.uint8
+  assert image.max() == 255 and image[0].max() == 0 and image[:, 0].max() == 0
+  rows = np.flatnonzero((image > 25).any(1))
+  cols = np.flatnonzero((image > 25).any(0))
+  assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 in (20, 21)
+  ys, xs = np.indices(image.shape)
+  total = image.sum()
+  assert abs((image * ys).sum() / total - 14) <= 0.5
+  assert abs((image * xs).sum() / total - 14) <= 0.5
+
+
+@pytest.mark.parametrize("background, ink", [(0, 255), (255, 0), (230, 40), (20, 200)])
+def test_fit_off_centre_digit_in_a_large_image(background, ink):
+  grey = _stroke_image((300, 500), background, ink, (20, 380, 220, 480)).astype(np.float32)
+  _check_mnist_like(predict.fit_to_mnist(predict.to_ink(grey)))
+
+
+def test_fit_uses_alpha_when_drawn_on_transparent_background(tmp_path):
+  for colour in (0, 255):  # black or white ink: only the alpha says what was drawn
+    alpha = _stroke_image((120, 90), 0, 255, (10, 10, 100, 70))
+    rgba = np.zeros((120, 90, 4), np.uint8)
+    rgba[..., :3] = colour
+    rgba[..., 3] = alpha
+    path = tmp_path / f"transparent{colour}.png"
+    Image.fromarray(rgba).save(path)
+    _check_mnist_like(predict.prepare(str(path))[..., 0])
+
+
+def test_fit_reads_16_bit_greyscale(tmp_path):
+  grey = _stroke_image((64, 64), 0, 255, (5, 5, 60, 40)).astype(np.uint16) * 257
+  path = tmp_path / "deep.png"
+  Image.fromarray(grey).save(path)
+  _check_mnist_like(predict.prepare(str(path))[..., 0])
+
+
+def test_refitting_mnist_digits_keeps_them_in_place(trained):
+  # MNIST digits already are fitted: refitting moves few pixels.
+  images = trained.test.images[:100, ..., 0]
+  refitted = np.stack([predict.fit_to_mnist(predict.to_ink(im.astype(np.float32)))
+                       for im in images])
+  moved = np.abs(refitted.astype(int) - images).mean()
+  assert moved < 10, moved
+
+
+# --- predict: files -------------------------------------------------------------------------
+
+
+def _variants(test, tmp_path):
+  """The first NUM_IMAGES test digits written as files in four ways."""
+  variants = {}
+  for name, make, ext in (
+      ("as_is", lambda im: Image.fromarray(im), "png"),
+      ("inverted", lambda im: Image.fromarray(255 - im).convert("RGB"), "jpg"),
+      ("resized_100", lambda im: Image.fromarray(im).resize(
+          (100, 100), Image.Resampling.BICUBIC), "bmp"),
+      ("inverted_resized_gif", lambda im: Image.fromarray(255 - im).resize(
+          (100, 100), Image.Resampling.BICUBIC), "gif"),
+  ):
+    paths = []
+    for i, image in enumerate(test.images[:NUM_IMAGES, ..., 0]):
+      path = tmp_path / f"{name}_{i}.{ext}"
+      make(image).save(path)
+      paths.append(str(path))
+    variants[name] = paths
+  return variants
+
+
+def test_image_files_are_read_as_their_labels(trained, tmp_path):
+  classifier = predict.Classifier(trained.export_dir)
+  labels = trained.test.labels[:NUM_IMAGES].tolist()
+  # The model on the raw test images, for reference: the files should do as well.
+  direct = classifier.probabilities(trained.test.images[:NUM_IMAGES]).argmax(-1)
+  direct_accuracy = float(np.mean(direct == labels))
+  for name, paths in _variants(trained.test, tmp_path).items():
+    records = predict.predict_files(classifier, paths, top_k=3)
+    assert all("error" not in r for r in records), records
+    predicted = [r["top_k"][0][0] for r in records]
+    accuracy = float(np.mean(np.array(predicted) == labels))
+    assert accuracy >= 0.8 and accuracy >= direct_accuracy - 0.1, (name, accuracy)
+    probabilities = [p for r in records for _, p in r["top_k"]]
+    assert all(0 <= p <= 1 for p in probabilities)
+    assert all(r["top_k"][0][1] >= r["top_k"][1][1] >= r["top_k"][2][1] for r in records)
+
+
+def _png_header_only(path, width, height):
+  """A PNG whose header claims width x height (decoding would fail; it must not start)."""
+  def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+  header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b""))
+
+
+def test_predict_command_answers_good_files_and_one_line_per_bad_one(trained, tmp_path):
+  good = _variants(types.SimpleNamespace(images=trained.test.images[:2]), tmp_path)["as_is"]
+  bad = {
+      "missing.png": None,
+      "empty.png": lambda p: p.write_bytes(b""),
+      "text.png": lambda p: p.write_text("not an image at all"),
+      "huge_pixels.png": lambda p: _png_header_only(p, 8000, 8000),
+      "huge_file.png": lambda p: os.truncate(p, predict.MAX_FILE_BYTES + 1),
+      "truncated.png": lambda p: p.write_bytes(open(good[0], "rb").read()[:60]),
+      "blank.png": lambda p: Image.new("L", (40, 40), 255).save(p),
+      "a_directory.png": lambda p: p.mkdir(),
+  }
+  for name, make in bad.items():
+    if name == "huge_file.png":
+      (tmp_path / name).touch()
+    if make:
+      make(tmp_path / name)
+  bad_paths = [str(tmp_path / name) for name in bad]
+  files = [good[0], *bad_paths, good[1]]
+  result = run_module("mnist_tf2.predict", f"--export_dir={trained.export_dir}", *files,
+                      "--top_k=1", timeout=120)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+
+  lines = result.stdout.splitlines()
+  assert [line.split(": ")[0] for line in lines] == [good[0], good[1]]
+  for line, label in zip(lines, trained.test.labels[:2]):
+    match = re.fullmatch(r".*: (\d) \(p=(\d\.\d{3})\)", line)
+    assert match, line
+    assert int(match.group(1)) == label
+
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == len(bad_paths)
+  expected = {
+      "missing.png": "no such file",
+      "empty.png": "the file is empty",
+      "text.png": "not a PNG, JPEG, BMP or GIF image",
+      "huge_pixels.png": "8000x8000 pixels is more than the 50,000,000 pixel limit",
+      "huge_file.png": "the file is 50 MiB, more than the 50 MiB limit",
+      "truncated.png": "cannot decode the image: ",
+      "blank.png": "no digit found: the image is blank or has no contrast",
+      "a_directory.png": "not a regular file",
+  }
+  for line, path in zip(errors, bad_paths):
+    assert line.startswith(f"error: {path}: {expected[os.path.basename(path)]}"), line
+
+
+def test_report_as_json_and_text(trained, tmp_path, capsys):
+  good = _variants(types.SimpleNamespace(images=trained.test.images[:1]), tmp_path)["inverted"]
+  missing = str(tmp_path / "missing.png")
+  records = predict.predict_files(predict.Classifier(trained.export_dir), [good[0], missing],
+                                  top_k=3)
+  assert predict.report(records, as_json=True)
+  out, err = capsys.readouterr()
+  answer, failure = [json.loads(line) for line in out.splitlines()]
+  assert answer["file"] == good[0] and answer["class"] == trained.test.labels[0]
+  assert [g["class"] for g in answer["top_k"]][0] == answer["class"]
+  assert len(answer["top_k"]) == 3 and answer["top_k"][0]["probability"] == answer["probability"]
+  assert failure == {"file": missing, "error": "no such file"}
+  assert err == f"error: {missing}: no such file\n"
+
+  assert not predict.report(records[:1])
+  out, _ = capsys.readouterr()
+  assert re.fullmatch(rf"{re.escape(good[0])}: {answer['class']} \(p=\d\.\d{{3}}\), "
+                      r"\d \(p=\d\.\d{3}\), \d \(p=\d\.\d{3}\)\n", out), out
+
+
+def test_predict_refuses_what_is_not_a_saved_model(tmp_path):
+  with pytest.raises(UserError, match="holds no SavedModel"):
+    predict.Classifier(str(tmp_path))
