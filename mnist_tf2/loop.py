@@ -150,9 +150,9 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
                         preemption):
   """The body of `train_and_evaluate`, writing to this worker's `workdir`."""
   if chief:
-    prepare_workdir(config)
     if config.export_dir:
       export.check_export_dir(config.export_dir)  # Refused now, not after training.
+    prepare_workdir(config)
 
   splits = datasets.load_splits(config)
   config_lib.check_batch_fits(config, {"train": len(splits.train.labels)})
