@@ -1,0 +1,411 @@
+"""Training speed of our loop against `keras.Model.fit`, in one run, on this machine.
+
+  python scripts/benchmark.py --model=cnn [--output=FILE.json] [--tiny]
+
+For one model it measures, alternating the contestants round after round (so a
+busy machine slows all of them alike) and reporting medians:
+
+* `train`: our compiled loop (`Trainer.train_loop`), steady state;
+* `keras_fit`: `fit` on the same model class, batch, optimizer, loss and
+  tf.data pipeline, with the best `steps_per_execution` x `jit_compile` found
+  by a short search first (no crippled baseline);
+* `matmul`: the machine's fp32 matmul GFLOP/s, the roofline;
+* optional rows: our loop with the step compiled by XLA, and with the
+  `mixed_bfloat16` Keras policy;
+
+then the input pipeline alone, evaluation, and peak resident memory. It
+prints a table and writes the figures as JSON.
+
+Training FLOPs per image are counted from the forward graph: the MACs of
+every MatMul and Conv2D, x2 for FLOPs, x3 for forward + the two backward
+products (input and weight gradients). Elementwise ops (bias, ReLU, pooling,
+the optimizer update) are not counted; they are memory-bound and small here.
+The 3x rule slightly overcounts: the first layer needs no input gradient.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import json  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import platform
+import resource
+import statistics
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import keras
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mnist_tf2 import config as config_lib  # pylint: disable=g-import-not-at-top
+from mnist_tf2 import datasets
+from mnist_tf2 import distribute
+from mnist_tf2 import models
+from mnist_tf2 import optimizers
+from mnist_tf2 import trainer as trainer_lib
+
+flags.DEFINE_enum("model", "cnn", ["softmax", "mlp", "cnn"], "Model to benchmark.")
+flags.DEFINE_string("output", "", "Write the results as JSON to this file.")
+flags.DEFINE_bool("tiny", False, "A few steps on fake data: checks that everything runs.")
+flags.DEFINE_integer("batch_size", 100, "Batch size of every training row.")
+flags.DEFINE_integer("rounds", 5, "Alternating measurement rounds (medians are reported).")
+flags.DEFINE_integer("window_steps", 0, "Training steps per timed window (0: per model).")
+flags.DEFINE_bool("extra_rows", True, "Also measure our loop with XLA and with bfloat16.")
+FLAGS = flags.FLAGS
+
+# Steps per timed window: a few seconds each on 2 cores.
+WINDOW_STEPS = {"softmax": 4000, "mlp": 2000, "cnn": 50}
+FIT_STEPS_PER_EXECUTION = (1, 10, 100)
+MATMUL_SIZE = 1024
+
+
+def peak_rss_mb() -> float:
+  # ru_maxrss is in kB on Linux.
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- FLOPs -----------------------------------------------------------------------------------
+
+
+def forward_macs_per_image(model) -> int:
+  """Multiply-accumulates of one image's forward pass, from the traced graph."""
+  graph = tf.function(lambda images: model(images, training=False)).get_concrete_function(
+      tf.TensorSpec([1, 28, 28, 1], tf.float32)).graph
+  macs = 0
+  for op in graph.get_operations():
+    if op.type == "MatMul":
+      a, b = (t.shape.as_list() for t in op.inputs)
+      rows = a[1] if op.get_attr("transpose_a") else a[0]
+      inner = a[0] if op.get_attr("transpose_a") else a[1]
+      cols = b[0] if op.get_attr("transpose_b") else b[1]
+      macs += rows * inner * cols
+    elif op.type == "Conv2D":
+      kh, kw, cin, _ = op.inputs[1].shape.as_list()
+      macs += int(np.prod(op.outputs[0].shape.as_list())) * kh * kw * cin
+  return macs
+
+
+# --- the contestants -------------------------------------------------------------------------
+
+
+class Timer:
+  """Collects images/s of repeated windows for one contestant."""
+
+  def __init__(self, name, run_window, images_per_window):
+    self.name = name
+    self.run_window = run_window  # () -> seconds
+    self.images_per_window = images_per_window
+    self.rates = []
+
+  def measure(self):
+    self.rates.append(self.images_per_window / self.run_window())
+
+  @property
+  def median(self):
+    return statistics.median(self.rates)
+
+
+def our_loop(config, split, window_steps, jit_compile=False, policy=None):
+  """Our trainer on `split`; returns a window function (runs and times `window_steps`)."""
+  strategy = distribute.create_strategy(config)
+  if policy:
+    keras.mixed_precision.set_global_policy(policy)
+  try:
+    with strategy.scope():
+      model = models.create_model(config)
+      if policy:
+        model = LogitsInFloat32(model)
+      optimizer = optimizers.create_optimizer(config)
+      optimizer.build(model.trainable_variables)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  trainer = trainer_lib.Trainer(config, strategy, model, optimizer)
+  if jit_compile:
+    # XLA cannot compile the iterator ops of the multi-step loop; compile the step.
+    trainer._replica_train_step = tf.function(  # pylint: disable=protected-access
+        trainer._replica_train_step, jit_compile=True)  # pylint: disable=protected-access
+  data = strategy.distribute_datasets_from_function(
+      lambda ctx: datasets.train_dataset(
+          split, batch_size=ctx.get_per_replica_batch_size(config.batch_size),
+          seed=config.seed, input_context=ctx))
+  iterator = iter(data)
+
+  def run(num_steps):
+    out = trainer.train_loop(iterator, tf.constant(num_steps, tf.int64))
+    return int(out["steps"])  # Reading a value waits for the steps to finish.
+
+  def window():
+    start = time.perf_counter()
+    done = 0
+    while done < window_steps:
+      done += run(min(config.steps_per_loop, window_steps - done))
+    return time.perf_counter() - start
+
+  run(min(config.steps_per_loop, window_steps))  # Trace and warm up.
+  return window, trainer, strategy
+
+
+class LogitsInFloat32(keras.Model):
+  """Casts a mixed-precision model's logits to float32 for a stable loss."""
+
+  def __init__(self, inner, **kwargs):
+    super().__init__(**kwargs)
+    self.inner = inner
+
+  def call(self, images, training=False, dropout_seed=None):
+    return tf.cast(self.inner(images, training=training, dropout_seed=dropout_seed),
+                   tf.float32)
+
+
+class FitModel(keras.Model):
+  """The model as `fit` wants it: `call(images, training)`.
+
+  Our models take a stateless `dropout_seed`; derive it from the step as our
+  trainer does, so `fit` runs the very same ops.
+  """
+
+  def __init__(self, inner, seed, **kwargs):
+    super().__init__(**kwargs)
+    self.inner = inner
+    self.seed = seed
+
+  def call(self, images, training=False):
+    dropout_seed = None
+    if training:
+      dropout_seed = tf.stack([tf.constant(self.seed, tf.int64),
+                               tf.cast(self.optimizer.iterations, tf.int64)])
+    return self.inner(images, training=training, dropout_seed=dropout_seed)
+
+
+class _EpochTimer(keras.callbacks.Callback):
+
+  def __init__(self):
+    super().__init__()
+    self.seconds = []
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.seconds.append(time.perf_counter() - self.start)
+
+
+def keras_fit(config, split, window_steps, steps_per_execution, jit_compile):
+  """`fit` on the same model, optimizer, loss and data; returns a window function."""
+  model = FitModel(models.create_model(config), config.seed)
+  model.compile(optimizer=optimizers.create_optimizer(config),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                steps_per_execution=steps_per_execution, jit_compile=jit_compile)
+  data = datasets.train_dataset(split, batch_size=config.batch_size, seed=config.seed)
+  timer = _EpochTimer()
+
+  def window():
+    # Two epochs per call; the first warms the new iterator, the second is timed.
+    model.fit(data, epochs=2, steps_per_epoch=window_steps, verbose=0, callbacks=[timer])
+    return timer.seconds[-1]
+
+  model.fit(data, epochs=1, steps_per_epoch=steps_per_execution, verbose=0)  # Trace.
+  return window
+
+
+def matmul_window(size=MATMUL_SIZE, repeats=10):
+  """fp32 matmul throughput; returns (window function, FLOPs per window)."""
+  a = tf.random.normal([size, size])
+  b = tf.random.normal([size, size]) / size
+
+  @tf.function
+  def chain():
+    x = a
+    for _ in range(repeats):
+      x = tf.matmul(x, b)
+    return tf.reduce_sum(x)
+
+  def window():
+    start = time.perf_counter()
+    chain().numpy()
+    return time.perf_counter() - start
+
+  chain().numpy()
+  return window, 2 * size**3 * repeats
+
+
+def input_pipeline_rate(split, batch_size, seed, num_batches):
+  """Images/s the training pipeline delivers with no model (consumed in-graph)."""
+  data = datasets.train_dataset(split, batch_size=batch_size, seed=seed).take(num_batches)
+  count = tf.function(lambda: data.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+  count()
+  rates = []
+  for _ in range(3):
+    start = time.perf_counter()
+    count().numpy()
+    rates.append(num_batches * batch_size / (time.perf_counter() - start))
+  return statistics.median(rates)
+
+
+def eval_rate(trainer, strategy, config, split):
+  data = strategy.distribute_datasets_from_function(
+      lambda ctx: datasets.eval_dataset(split, batch_size=config.eval_batch_size,
+                                        input_context=ctx))
+  trainer.evaluate(data)
+  rates = []
+  for _ in range(3):
+    start = time.perf_counter()
+    count = trainer.evaluate(data)["num_examples"]
+    rates.append(count / (time.perf_counter() - start))
+  return statistics.median(rates)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def machine():
+  load = os.getloadavg()
+  return {
+      "cpu": platform.processor() or platform.machine(),
+      "cpus_usable": len(os.sched_getaffinity(0)),
+      "load_average_1_5_15": [round(x, 2) for x in load],
+      "tensorflow": tf.__version__,
+      "keras": keras.__version__,
+      "date": time.strftime("%Y-%m-%d %H:%M"),
+  }
+
+
+def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, log=print):
+  """Runs every measurement; returns the results dict."""
+  overrides = {"batch_size": batch_size, "workdir": tempfile.mkdtemp(), "max_steps": 10**6}
+  if tiny:
+    overrides.update(data_source="fake", fake_examples=256, eval_batch_size=64,
+                     steps_per_loop=2)
+  config = config_lib.resolve(model_name, "default", overrides)
+  splits = datasets.load_splits(config)
+  window_steps = window_steps or (4 if tiny else WINDOW_STEPS[model_name])
+  images = window_steps * batch_size
+  before = machine()
+
+  log(f"{model_name}: batch {batch_size}, {window_steps} steps a window, {rounds} rounds, "
+      f"{before['cpus_usable']} usable CPUs, load {before['load_average_1_5_15']}")
+  ours, trainer, strategy = our_loop(config, splits.train, window_steps)
+  timers = [Timer("train", ours, images)]
+  timers[0].measure()
+  train_rss = peak_rss_mb()  # Before any other model exists: what training alone takes.
+
+  # fit: a short search over steps_per_execution x jit_compile, then the best one.
+  search, windows = {}, {}
+  for jit in (False, True):
+    for spe in sorted({min(spe, window_steps) for spe in FIT_STEPS_PER_EXECUTION}):
+      windows[(spe, jit)] = keras_fit(config, splits.train, window_steps, spe, jit)
+      search[(spe, jit)] = images / windows[(spe, jit)]()
+      log(f"  fit steps_per_execution={spe} jit_compile={jit}: "
+          f"{search[(spe, jit)]:,.0f} images/s")
+  best_spe, best_jit = max(search, key=search.get)
+  timers.append(Timer("keras_fit", windows.pop((best_spe, best_jit)), images))
+  del windows  # Let the other models go.
+
+  matmul, matmul_flops = matmul_window(256 if tiny else MATMUL_SIZE)
+  timers.append(Timer("matmul", matmul, matmul_flops))
+  if extra_rows:
+    timers.append(Timer("train_jit_compile",
+                        our_loop(config, splits.train, window_steps, jit_compile=True)[0],
+                        images))
+    timers.append(Timer("train_mixed_bfloat16",
+                        our_loop(config, splits.train, window_steps,
+                                 policy="mixed_bfloat16")[0], images))
+
+  # Alternate the contestants so that load from other processes hits all alike.
+  for r in range(rounds):
+    for timer in timers:
+      if not (r == 0 and timer.name == "train" and timer.rates):
+        timer.measure()
+    log(f"  round {r + 1}: " + ", ".join(f"{t.name} {t.rates[-1]:,.0f}" for t in timers))
+  rates = {t.name: t.median for t in timers}
+
+  input_rate = input_pipeline_rate(splits.train, batch_size, config.seed,
+                                   20 if tiny else 2000)
+  evaluation = eval_rate(trainer, strategy, config, splits.test)
+  flops_per_image = 3 * 2 * forward_macs_per_image(models.create_model(config))
+  matmul_gflops = rates["matmul"] / 1e9
+  results = {
+      "model": model_name,
+      "tiny": tiny,
+      "batch_size": batch_size,
+      "window_steps": window_steps,
+      "rounds": rounds,
+      "train_images_per_sec": rates["train"],
+      "keras_fit_images_per_sec": rates["keras_fit"],
+      "keras_fit_best": {"steps_per_execution": best_spe, "jit_compile": best_jit},
+      "keras_fit_search_images_per_sec": {
+          f"steps_per_execution={spe},jit_compile={jit}": rate
+          for (spe, jit), rate in search.items()},
+      "speedup_vs_fit": rates["train"] / rates["keras_fit"],
+      "input_pipeline_images_per_sec": input_rate,
+      "input_pipeline_vs_train": input_rate / rates["train"],
+      "eval_images_per_sec": evaluation,
+      "matmul_gflops": matmul_gflops,
+      "train_flops_per_image": flops_per_image,
+      "train_gflops": rates["train"] * flops_per_image / 1e9,
+      "roofline_fraction": rates["train"] * flops_per_image / rates["matmul"],
+      "train_peak_rss_mb": train_rss,
+      "peak_rss_mb": peak_rss_mb(),
+      "rounds_images_per_sec": {t.name: t.rates for t in timers},
+      "machine_before": before,
+      "machine_after": machine(),
+  }
+  for name in ("train_jit_compile", "train_mixed_bfloat16"):
+    if name in rates:
+      results[f"{name}_images_per_sec"] = rates[name]
+  return results
+
+
+def format_table(results) -> str:
+  r = results
+  rows = [
+      ("our loop, fp32", f"{r['train_images_per_sec']:,.0f} images/s"),
+      (f"keras fit (best: steps_per_execution={r['keras_fit_best']['steps_per_execution']}, "
+       f"jit_compile={r['keras_fit_best']['jit_compile']})",
+       f"{r['keras_fit_images_per_sec']:,.0f} images/s"),
+      ("speed-up vs fit", f"{r['speedup_vs_fit']:.2f}x"),
+  ]
+  if "train_jit_compile_images_per_sec" in r:
+    rows.append(("our loop, --jit_compile (XLA step)",
+                 f"{r['train_jit_compile_images_per_sec']:,.0f} images/s"))
+  if "train_mixed_bfloat16_images_per_sec" in r:
+    rows.append(("our loop, --mixed_precision (mixed_bfloat16)",
+                 f"{r['train_mixed_bfloat16_images_per_sec']:,.0f} images/s"))
+  rows += [
+      ("input pipeline alone", f"{r['input_pipeline_images_per_sec']:,.0f} images/s "
+       f"({r['input_pipeline_vs_train']:.0f}x training)"),
+      ("evaluation", f"{r['eval_images_per_sec']:,.0f} images/s"),
+      ("fp32 matmul", f"{r['matmul_gflops']:.0f} GFLOP/s"),
+      ("training FLOPs per image", f"{r['train_flops_per_image'] / 1e6:.2f} MFLOP"),
+      ("roofline fraction", f"{r['roofline_fraction']:.0%} ({r['train_gflops']:.0f} GFLOP/s)"),
+      ("peak RSS: training alone / whole benchmark",
+       f"{r['train_peak_rss_mb']:,.0f} / {r['peak_rss_mb']:,.0f} MB"),
+  ]
+  width = max(len(name) for name, _ in rows)
+  lines = [f"{r['model']}, batch {r['batch_size']}, medians of {r['rounds']} rounds, "
+           f"{r['machine_before']['cpus_usable']} CPUs, load "
+           f"{r['machine_before']['load_average_1_5_15']} -> "
+           f"{r['machine_after']['load_average_1_5_15']}"]
+  lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  keras.utils.set_random_seed(0)
+  results = benchmark(FLAGS.model, FLAGS.batch_size, 1 if FLAGS.tiny else FLAGS.rounds,
+                      FLAGS.window_steps, FLAGS.tiny, FLAGS.extra_rows)
+  print(format_table(results))
+  if FLAGS.output:
+    with open(FLAGS.output, "w") as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+      f.write("\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
