@@ -74,6 +74,9 @@ class Config:
   steps_per_loop: int = _field(100, "Training steps run inside one tf.function call.")
   log_every: int = _field(100, "Print the 'Step N: loss = ...' line every N steps.")
   eval_every: int = _field(0, "Evaluate every N steps (0: only at the end).")
+  eval_splits: str = _field("train,validation,test", "Comma-separated splits to evaluate: "
+                            "any of train, validation, test (the 55,000-image train split "
+                            "costs the most).")
   checkpoint_every: int = _field(1000, "Save a checkpoint every N steps (and at the end).")
   max_to_keep: int = _field(3, "Checkpoints kept in the workdir (at least 2).")
   seed: int = _field(0, "Seed for initialisation, shuffling and dropout.")
@@ -115,6 +118,8 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+EVAL_SPLITS = ("train", "validation", "test")
 
 # Fields that only one model reads; setting them for another model is an error.
 MODEL_ONLY_FIELDS = {"hidden1": "mlp", "hidden2": "mlp", "dropout_rate": "cnn"}
@@ -218,6 +223,11 @@ def validate(config: Config) -> None:
   if config.tpu and config.strategy != "tpu":
     raise UserError(f"--tpu={config.tpu!r} applies to --strategy=tpu only, not "
                     f"--strategy={config.strategy}")
+  splits = config.eval_splits.split(",")
+  unknown = [name for name in splits if name not in EVAL_SPLITS]
+  if unknown or len(set(splits)) != len(splits):
+    raise UserError(f"--eval_splits={config.eval_splits!r} must be distinct names from: "
+                    f"{', '.join(EVAL_SPLITS)}")
   if config.data_source == "idx" and not config.data_dir:
     raise UserError("--data_source=idx needs --data_dir=DIR holding the four MNIST IDX files")
 

@@ -209,7 +209,8 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
       name: strategy.distribute_datasets_from_function(
           lambda ctx, split=split: datasets.eval_dataset(
               split, batch_size=eval_batch, input_context=ctx))
-      for name, split in splits._asdict().items() if len(split.labels)
+      for name, split in splits._asdict().items()
+      if len(split.labels) and name in config.eval_splits.split(",")
   }
   iterator = iter(train_data)
   summaries = summaries_lib.Summaries(workdir, enabled=chief)

@@ -68,6 +68,9 @@ def test_fake_data_flag_selects_fake_source_and_workdir_defaults():
     ("mlp", "default", {"strategy": "horovod"}, "--strategy='horovod' is not one of"),
     ("mlp", "default", {"num_cpu_devices": -1}, "--num_cpu_devices must be >= 0"),
     ("mlp", "default", {"tpu": "grpc://10.0.0.2:8470"}, "applies to --strategy=tpu only"),
+    ("cnn", "default", {"eval_splits": "test,dev"}, "--eval_splits='test,dev' must be"),
+    ("cnn", "default", {"eval_splits": ""}, "--eval_splits='' must be"),
+    ("cnn", "default", {"eval_splits": "test,test"}, "--eval_splits='test,test' must be"),
 ])
 def test_invalid_config_is_refused_in_one_line(model, preset, overrides, message):
   with pytest.raises(UserError) as excinfo:

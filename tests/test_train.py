@@ -122,3 +122,12 @@ def test_next_stop_cuts_chunks_at_every_boundary(step, expected):
   config = config_lib.resolve("softmax", "smoke", {"eval_every": 15})
   assert (config.steps_per_loop, config.log_every, config.max_steps) == (5, 10, 20)
   assert loop.next_stop(step, config) == expected
+
+
+def test_eval_splits_limits_the_final_evaluation(tmp_path, capsys):
+  config = config_lib.resolve("softmax", "smoke", {"workdir": str(tmp_path),
+                                                   "eval_splits": "validation,test"})
+  results = loop.train_and_evaluate(config)
+  out = capsys.readouterr().out
+  assert set(results["metrics"]) == {"validation", "test"}
+  assert "Training Data Eval:" not in out and "Test Data Eval:" in out

@@ -1,0 +1,25 @@
+"""scripts/benchmark.py runs end to end and writes every figure (speeds are not asserted)."""
+
+import json
+import math
+
+from conftest import run_module
+
+KEYS = ("batch_size", "train_images_per_sec", "keras_fit_images_per_sec", "speedup_vs_fit",
+        "input_pipeline_images_per_sec", "eval_images_per_sec", "matmul_gflops",
+        "train_flops_per_image", "roofline_fraction", "peak_rss_mb",
+        "train_jit_compile_images_per_sec", "train_mixed_bfloat16_images_per_sec")
+
+
+def test_tiny_benchmark_writes_every_key(tmp_path):
+  output = tmp_path / "bench.json"
+  result = run_module("scripts.benchmark", "--model=softmax", "--tiny", f"--output={output}",
+                      timeout=120)
+  assert result.returncode == 0, result.stderr
+  results = json.loads(output.read_text())
+  for key in KEYS:
+    assert isinstance(results[key], (int, float)) and math.isfinite(results[key]), key
+    assert results[key] > 0, key
+  # Softmax regression: 784 x 10 multiply-adds forward, x2 FLOPs, x3 for training.
+  assert results["train_flops_per_image"] == 3 * 2 * 784 * 10
+  assert "speed-up vs fit" in result.stdout
