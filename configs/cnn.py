@@ -11,6 +11,12 @@ PRESETS = {
     "default": dict(optimizer="adam", learning_rate=1e-3, lr_schedule="cosine",
                     warmup_steps=200, batch_size=100, max_steps=3000, dropout_rate=0.4,
                     checkpoint_every=1000),
+    # As fast as possible to 99.0% test on 2 CPU cores: 1.3 epochs at a high Adam rate with
+    # linear warm-up and decay to 0, one checkpoint at the end, and no final pass over the
+    # 55,000 training images (validation and test only).
+    "fast": dict(optimizer="adam", learning_rate=2e-3, lr_schedule="linear", warmup_steps=100,
+                 batch_size=100, max_steps=700, dropout_rate=0.4, checkpoint_every=700,
+                 eval_splits="validation,test"),
     "smoke": dict(data_source="fake", fake_examples=128, batch_size=16, max_steps=6,
                   steps_per_loop=3, log_every=3, checkpoint_every=3, eval_batch_size=50),
 }

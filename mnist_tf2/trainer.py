@@ -38,6 +38,13 @@ class Trainer:
     # which pulls from the input iterator).
     self._gradients = (tf.function(self._replica_gradients, jit_compile=True)
                        if config.jit_compile else self._replica_gradients)
+    # The update itself (Adam: about ten elementwise ops per variable) runs as
+    # one fused XLA program when there is nothing to all-reduce: 1.5x the
+    # steps/s of the 128/32 MLP here (see README, Performance). With several
+    # replicas it stays as it is, for the reason above.
+    self._apply_gradients = (tf.function(self._apply_gradients_fn, jit_compile=True)
+                             if strategy.num_replicas_in_sync == 1 and not self.loss_scaling
+                             else self._apply_gradients_fn)
     self.train_loop = tf.function(self._train_loop)
     self._eval_loop = tf.function(self._eval_loop_fn)
 
@@ -76,10 +83,13 @@ class Trainer:
                                              labels), tf.int32))
     return loss, grads, correct
 
+  def _apply_gradients_fn(self, grads):
+    self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+
   def _replica_train_step(self, images, labels):
     """One optimizer step on this replica's share of the global batch."""
     loss, grads, correct = self._gradients(images, labels, self._dropout_seed())
-    self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+    self._apply_gradients(grads)
     return loss, correct
 
   def _train_loop(self, iterator, num_steps):
