@@ -97,8 +97,16 @@ class Config:
   jit_compile: bool = _field(False, "Compile each replica's forward and backward pass with "
                              "XLA.")
 
-  # Data augmentation (training only).
-  augment: bool = _field(False, "Randomly distort training images (never evaluation ones).")
+  # Data augmentation (training only; each strength at 0 turns its distortion off).
+  augment: bool = _field(False, "Randomly distort training images (never evaluation ones) "
+                         "by the --augment_* strengths below.")
+  augment_shift: float = _field(2.0, "Largest random shift, pixels (each axis).")
+  augment_rotation: float = _field(10.0, "Largest random rotation, degrees.")
+  augment_scale: float = _field(0.1, "Largest relative change of size: zoom in [1-s, 1+s].")
+  augment_elastic_alpha: float = _field(0.0, "Elastic distortion strength (Simard et al. "
+                                        "2003's alpha, pixels; 0: off).")
+  augment_elastic_sigma: float = _field(4.0, "Smoothness of the elastic displacement field: "
+                                        "the Gaussian's sigma, pixels.")
 
   # TensorBoard.
   histogram_every: int = _field(1000, "Write weight histograms every N steps (0: never).")
@@ -120,6 +128,8 @@ class Config:
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 EVAL_SPLITS = ("train", "validation", "test")
+
+MAX_ELASTIC_SIGMA = 14.0
 
 # Fields that only one model reads; setting them for another model is an error.
 MODEL_ONLY_FIELDS = {"hidden1": "mlp", "hidden2": "mlp", "dropout_rate": "cnn"}
@@ -207,13 +217,21 @@ def validate(config: Config) -> None:
     if getattr(config, name) <= 0:
       raise UserError(f"--{name} must be positive, got {getattr(config, name)}")
   non_negative = ("eval_every", "warmup_steps", "validation_size", "weight_decay",
-                  "num_cpu_devices")
+                  "num_cpu_devices", "augment_shift", "augment_elastic_alpha")
   for name in non_negative:
     if getattr(config, name) < 0:
       raise UserError(f"--{name} must be >= 0, got {getattr(config, name)}")
-  for name in ("dropout_rate", "label_smoothing", "momentum"):
+  for name in ("dropout_rate", "label_smoothing", "momentum", "augment_scale"):
     if not 0.0 <= getattr(config, name) < 1.0:
       raise UserError(f"--{name} must be in [0, 1), got {getattr(config, name)}")
+  if not 0.0 <= config.augment_rotation <= 180.0:
+    raise UserError(f"--augment_rotation must be in [0, 180] degrees, got "
+                    f"{config.augment_rotation}")
+  if not 0.0 < config.augment_elastic_sigma <= MAX_ELASTIC_SIGMA:
+    # Beyond half the image the smoothed field is nearly a rigid shift, and
+    # the smoothing kernel (6 sigma wide) would dwarf the image.
+    raise UserError(f"--augment_elastic_sigma must be in (0, {MAX_ELASTIC_SIGMA:g}] pixels, "
+                    f"got {config.augment_elastic_sigma}")
   if config.max_to_keep < 2:
     # A newer checkpoint is only trusted once written; keep the previous one.
     raise UserError(f"--max_to_keep must be at least 2, got {config.max_to_keep}")

@@ -16,6 +16,7 @@ normalising a whole batch at a time: cheap per step, and a checkpoint of the
 iterator holds the shuffle state, not the images.
 """
 
+import math
 import socket
 import threading
 from pathlib import Path
@@ -258,9 +259,8 @@ def normalize(images):
   return tf.cast(images, tf.float32) / 255.0
 
 
-def _gather_batches(split: Split, indices: tf.data.Dataset, batch_size: int,
-                    drop_remainder: bool) -> tf.data.Dataset:
-  """Batches `indices`, then gathers and normalises those examples."""
+def _gather_fn(split: Split):
+  """Returns `gather(batch_indices) -> (images float32 in [0, 1], labels)`."""
   images = tf.constant(split.images)
   labels = tf.constant(split.labels)
 
@@ -268,14 +268,12 @@ def _gather_batches(split: Split, indices: tf.data.Dataset, batch_size: int,
     return (normalize(tf.gather(images, batch_indices)),
             tf.gather(labels, batch_indices))
 
-  return (indices.batch(batch_size, drop_remainder=drop_remainder)
-          .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-          .prefetch(tf.data.AUTOTUNE))
+  return gather
 
 
 def train_dataset(split: Split, *, batch_size: int, seed: int, start: int = 0,
-                  input_context: tf.distribute.InputContext | None = None
-                  ) -> tf.data.Dataset:
+                  input_context: tf.distribute.InputContext | None = None,
+                  augmentation: "Augmentation | None" = None) -> tf.data.Dataset:
   """An endless, seeded, shuffled stream of training batches.
 
   The stream of example indices is a pure function of `seed`, so the position
@@ -287,11 +285,14 @@ def train_dataset(split: Split, *, batch_size: int, seed: int, start: int = 0,
     split: the training split.
     batch_size: examples per batch; the per-replica batch size when
       `input_context` is given.
-    seed: shuffle seed. Every input pipeline must get the same one, since the
-      shards are disjoint only if all pipelines shuffle alike.
+    seed: shuffle and augmentation seed. Every input pipeline must get the
+      same one, since the shards are disjoint only if all pipelines shuffle
+      alike.
     start: position in the (global, unsharded) index stream to begin at.
     input_context: from `strategy.distribute_datasets_from_function`; each
       input pipeline then reads its own shard.
+    augmentation: if given, every batch is randomly distorted by
+      `augment_batch` (see there).
 
   Returns:
     A dataset of `(images float32 [batch_size, 28, 28, 1] in [0, 1],
@@ -311,6 +312,10 @@ def train_dataset(split: Split, *, batch_size: int, seed: int, start: int = 0,
 
   start_epoch, offset = divmod(start, num_examples)
   indices = tf.data.Dataset.counter(start_epoch).flat_map(epoch_order).skip(offset)
+  if augmentation is not None:
+    # Number every example by its position in the global stream, before
+    # sharding: the key of a batch's distortions (see below).
+    indices = tf.data.Dataset.zip(tf.data.Dataset.counter(start), indices)
   if input_context:
     # Pipeline i takes positions i, i + n, i + 2n, ... of the stream; with every
     # pipeline batching its per-replica share, one step's replicas together see
@@ -318,15 +323,181 @@ def train_dataset(split: Split, *, batch_size: int, seed: int, start: int = 0,
     indices = indices.shard(input_context.num_input_pipelines,
                             input_context.input_pipeline_id)
   # Fixed-size batches keep one traced step function and an exact global batch.
-  return _gather_batches(split, indices, batch_size, drop_remainder=True)
+  batches = indices.batch(batch_size, drop_remainder=True)
+  gather = _gather_fn(split)
+  if augmentation is None:
+    batches = batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    # A stream of keys of its own, apart from the shuffle's (seed, epoch).
+    augment_seed = tf.constant([seed, _AUGMENT_STREAM], tf.int64)
+
+    def gather_and_distort(positions, batch_indices):
+      images, labels = gather(batch_indices)
+      # Keyed by the stream position of the batch's first example, a pure
+      # function of (seed, step) like the indices: a run resumed at a step
+      # draws exactly the distortions an uninterrupted one would, with no RNG
+      # state to save, and each replica's share of a step its own.
+      batch_seed = tf.random.fold_in(augment_seed, positions[0])
+      return augment_batch(images, batch_seed, augmentation), labels
+
+    batches = batches.map(gather_and_distort, num_parallel_calls=tf.data.AUTOTUNE)
+  return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(split: Split, *, batch_size: int,
                  input_context: tf.distribute.InputContext | None = None
                  ) -> tf.data.Dataset:
-  """Every example of `split` once, in order; the last batch may be short."""
+  """Every example of `split` once, in order, never distorted.
+
+  The last batch may be short.
+  """
   indices = tf.data.Dataset.range(len(split.labels))
   if input_context:
     indices = indices.shard(input_context.num_input_pipelines,
                             input_context.input_pipeline_id)
-  return _gather_batches(split, indices, batch_size, drop_remainder=False)
+  return (indices.batch(batch_size)
+          .map(_gather_fn(split), num_parallel_calls=tf.data.AUTOTUNE)
+          .prefetch(tf.data.AUTOTUNE))
+
+
+# --- Augmentation ------------------------------------------------------------
+
+# Salt of the augmentation keys, so that they never coincide with the
+# shuffle's [seed, epoch].
+_AUGMENT_STREAM = 1
+
+
+class Augmentation(NamedTuple):
+  """Strengths of the random distortions of training images; 0 turns one off."""
+  shift: float = 0.0  # Largest shift, pixels, each axis.
+  rotation: float = 0.0  # Largest rotation, degrees.
+  scale: float = 0.0  # Zoom drawn from [1 - scale, 1 + scale].
+  elastic_alpha: float = 0.0  # Simard et al.'s alpha, pixels.
+  elastic_sigma: float = 4.0  # Smoothing of the displacement field, pixels.
+
+  @classmethod
+  def from_config(cls, config) -> "Augmentation | None":
+    """The config's `augment_*` strengths, or None if `augment` is off."""
+    if not config.augment:
+      return None
+    return cls(shift=config.augment_shift, rotation=config.augment_rotation,
+               scale=config.augment_scale, elastic_alpha=config.augment_elastic_alpha,
+               elastic_sigma=config.augment_elastic_sigma)
+
+
+def augment_batch(images, seed, augmentation: Augmentation):
+  """Randomly shifts, rotates, zooms and elastically distorts each image.
+
+  The affine part alone is one fused kernel (ImageProjectiveTransformV3).
+  With elastic distortion the affine map and the displacement field are added
+  into one sampling grid, so an image is still interpolated, and blurred, once.
+  Outside the image reads as zero (background).
+
+  Args:
+    images: float32 [batch, height, width, channels].
+    seed: int32/int64 [2], the stateless key; the same key gives the same
+      distortions.
+    augmentation: the strengths.
+
+  Returns:
+    The distorted images, same shape and dtype.
+  """
+  batch = tf.shape(images)[0]
+  height, width = images.shape[1], images.shape[2]
+  affine_seed, elastic_seed = tf.unstack(tf.random.split(seed, 2))
+  draws = tf.random.stateless_uniform([batch, 4], affine_seed, -1.0, 1.0)
+  angle = draws[:, 0] * (augmentation.rotation * math.pi / 180.0)
+  zoom = 1.0 + draws[:, 1] * augmentation.scale
+  shift_x = draws[:, 2] * augmentation.shift
+  shift_y = draws[:, 3] * augmentation.shift
+
+  # The inverse of "zoom and rotate about the centre, then shift": the input
+  # position (x', y') = (a0 x + a1 y + a2, b0 x + b1 y + b2) each output pixel
+  # (x, y) reads, in ImageProjectiveTransformV3's row layout.
+  center_x, center_y = (width - 1) / 2.0, (height - 1) / 2.0
+  cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+  from_x, from_y = center_x + shift_x, center_y + shift_y
+  a0, a1, b0, b1 = cos, sin, -sin, cos
+  a2 = center_x - a0 * from_x - a1 * from_y
+  b2 = center_y - b0 * from_x - b1 * from_y
+
+  if not augmentation.elastic_alpha:
+    no_projection = tf.zeros_like(a0)
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, no_projection, no_projection], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=[height, width],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+
+  def per_image(values):
+    return values[:, tf.newaxis, tf.newaxis]
+
+  grid_y, grid_x = tf.meshgrid(tf.range(height, dtype=tf.float32),
+                               tf.range(width, dtype=tf.float32), indexing="ij")
+  displacement_y, displacement_x = _elastic_displacements(
+      batch, height, width, augmentation.elastic_alpha, augmentation.elastic_sigma,
+      elastic_seed)
+  source_x = per_image(a0) * grid_x + per_image(a1) * grid_y + per_image(a2)
+  source_y = per_image(b0) * grid_x + per_image(b1) * grid_y + per_image(b2)
+  return _bilinear_sample(images, source_y + displacement_y, source_x + displacement_x)
+
+
+def _elastic_displacements(batch, height, width, alpha, sigma, seed):
+  """Simard et al. (2003): uniform(-1, 1) noise, Gaussian-smoothed, times alpha.
+
+  The smoothed field holds nothing finer than about sigma pixels, so the noise
+  is drawn and smoothed on a grid `step = floor(sigma)` pixels apart and then
+  resized: about step^2 times less work. Smoothing white noise on a grid `step`
+  times coarser leaves `step` times the standard deviation, hence the
+  `1 / step`, which keeps alpha's meaning (in pixels) as in the paper.
+
+  Returns:
+    (dy, dx), each float32 [batch, height, width], in pixels.
+  """
+  step = max(1, int(sigma))
+  coarse_sigma = sigma / step
+  coarse_height, coarse_width = -(-height // step) + 1, -(-width // step) + 1
+  radius = int(math.ceil(3 * coarse_sigma))
+  # Noise on a margin of `radius` around the grid, so the VALID convolution
+  # smooths every point with the full kernel (no weaker field at the borders).
+  noise = tf.random.stateless_uniform(
+      [batch, coarse_height + 2 * radius, coarse_width + 2 * radius, 2], seed, -1.0, 1.0)
+  taps = tf.range(-radius, radius + 1, dtype=tf.float32)
+  kernel = tf.exp(-0.5 * tf.square(taps / coarse_sigma))
+  kernel /= tf.reduce_sum(kernel)
+  # The 2-D Gaussian is separable: one pass down the columns, one along the
+  # rows, each displacement channel on its own.
+  down = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, 2, 1])
+  along = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, 2, 1])
+  field = tf.nn.depthwise_conv2d(noise, down, [1, 1, 1, 1], "VALID")
+  field = tf.nn.depthwise_conv2d(field, along, [1, 1, 1, 1], "VALID")
+  field = tf.image.resize(field, [height, width], method="bilinear") * (alpha / step)
+  return field[..., 0], field[..., 1]
+
+
+def _bilinear_sample(images, source_y, source_x):
+  """Reads `images` [b, h, w, c] at float positions [b, h, w]; zero outside."""
+  height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+  # A one-pixel zero border: a position outside the image is clamped onto it
+  # and so reads zero, and one near the edge fades out as in the original.
+  padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]])
+  padded_height, padded_width = height + 2, width + 2
+  source_y = tf.clip_by_value(source_y + 1.0, 0.0, padded_height - 1.0)
+  source_x = tf.clip_by_value(source_x + 1.0, 0.0, padded_width - 1.0)
+  y0, x0 = tf.floor(source_y), tf.floor(source_x)
+  weight_y = (source_y - y0)[..., tf.newaxis]
+  weight_x = (source_x - x0)[..., tf.newaxis]
+  y0, x0 = tf.cast(y0, tf.int32), tf.cast(x0, tf.int32)
+  y1 = tf.minimum(y0 + 1, padded_height - 1)
+  x1 = tf.minimum(x0 + 1, padded_width - 1)
+  # One flat gather over all images is several times faster than gather_nd
+  # with batch_dims.
+  pixels = tf.reshape(padded, [-1, channels])
+  first = tf.range(tf.shape(images)[0])[:, tf.newaxis, tf.newaxis] * (
+      padded_height * padded_width)
+
+  def at(y, x):
+    return tf.gather(pixels, first + y * padded_width + x)
+
+  top = at(y0, x0) * (1.0 - weight_x) + at(y0, x1) * weight_x
+  bottom = at(y1, x0) * (1.0 - weight_x) + at(y1, x1) * weight_x
+  return top * (1.0 - weight_y) + bottom * weight_y

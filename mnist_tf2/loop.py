@@ -201,7 +201,8 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
   train_data = strategy.distribute_datasets_from_function(
       lambda ctx: datasets.train_dataset(
           splits.train, batch_size=ctx.get_per_replica_batch_size(config.batch_size),
-          seed=config.seed, start=step * config.batch_size, input_context=ctx))
+          seed=config.seed, start=step * config.batch_size, input_context=ctx,
+          augmentation=datasets.Augmentation.from_config(config)))
   # Evaluation batches may be short (every example counts once), so the
   # per-replica share is rounded up rather than required to divide evenly.
   eval_batch = -(-config.eval_batch_size // replicas)
