@@ -1,0 +1,97 @@
+"""scripts/reproduce.py: presets x seeds as real training processes, one table."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from mnist_tf2.errors import UserError
+
+SCRIPT = os.path.join(REPO, "scripts", "reproduce.py")
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+  spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def run_script(*args, cwd):
+  # From another directory: the script must find the checkout's package itself.
+  return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
+                        timeout=300, cwd=cwd)
+
+
+def test_plan_skips_presets_a_model_lacks_and_refuses_bad_input(reproduce):
+  assert reproduce.plan(["softmax", "cnn"], ["smoke", "seed_sgd"], ["0", "1"]) == [
+      ("softmax", "smoke", 0), ("softmax", "smoke", 1),
+      ("cnn", "smoke", 0), ("cnn", "smoke", 1), ("cnn", "seed_sgd", 0), ("cnn", "seed_sgd", 1)]
+  with pytest.raises(UserError, match="no chosen model has --presets=seed_sgd"):
+    reproduce.plan(["softmax"], ["seed_sgd"], ["0"])
+  with pytest.raises(UserError, match="--seeds must be integers"):
+    reproduce.plan(["softmax"], ["seed"], ["zero"])
+  with pytest.raises(UserError, match="unknown --model='lenet'"):
+    reproduce.plan(["lenet"], ["seed"], ["0"])
+
+
+def test_mean_and_sample_std_per_model_and_preset(reproduce):
+  def results(model, seed, validation, test, seconds):
+    return {"model": model, "preset": "p", "steps": 10, "wall_seconds": seconds,
+            "config": {"seed": seed, "batch_size": 5},
+            "metrics": {"validation": {"accuracy": validation}, "test": {"accuracy": test}}}
+
+  rows = reproduce.summarize([results("mlp", 0, 0.90, 0.91, 10.0),
+                              results("cnn", 0, 0.99, 0.98, 7.0),
+                              results("mlp", 1, 0.92, 0.95, 14.0)])
+  assert [(row["model"], row["seeds"]) for row in rows] == [("mlp", [0, 1]), ("cnn", [0])]
+  assert rows[0]["validation"] == pytest.approx((0.91, 0.0141421356))
+  assert rows[0]["test"] == pytest.approx((0.93, 0.0282842712))
+  assert rows[0]["wall_seconds"] == pytest.approx((12.0, 2.8284271247))
+  assert rows[1]["test"] == (0.98, None)
+  machine = dict(date="2000-01-01", cpu="cpu", cores=2, tensorflow="2.x", load_before=0.5,
+                 load_after=1.5)
+  table = reproduce.markdown(rows, machine)
+  assert "| mlp | `p` | 10 × 5 | 2 | 12 ± 3 | 91.00% ± 1.41 | 93.00% ± 2.83 |" in table
+  assert "| cnn | `p` | 10 × 5 | 1 | 7 | 99.00% | 98.00% |" in table
+
+
+def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
+  output_dir = tmp_path / "out"
+  args = ["--models=softmax", "--presets=smoke", "--seeds=0,1", f"--output_dir={output_dir}"]
+  first = run_script(*args, cwd=tmp_path)
+  assert first.returncode == 0, first.stderr
+  runs = [json.loads((output_dir / f"softmax-smoke-seed{seed}" / "results.json").read_text())
+          for seed in (0, 1)]
+  assert [run["config"]["seed"] for run in runs] == [0, 1]
+  summary = json.loads((output_dir / "results.json").read_text())
+  row, = summary["rows"]
+  assert (row["model"], row["preset"], row["seeds"], row["steps"]) == ("softmax", "smoke",
+                                                                      [0, 1], [20])
+  for split in ("validation", "test"):
+    accuracies = [run["metrics"][split]["accuracy"] for run in runs]
+    assert row[split][0] == pytest.approx(sum(accuracies) / 2)
+  assert [run["seed"] for run in summary["runs"]] == [0, 1]
+  table = (output_dir / "results.md").read_text()
+  assert "| softmax | `smoke` | 20 × 32 | 2 |" in table
+  assert table in first.stdout
+
+  # A second call reuses the finished runs instead of training again.
+  again = run_script(*args, cwd=tmp_path)
+  assert again.returncode == 0, again.stderr
+  assert again.stdout.count("reusing") == 2
+  assert json.loads((output_dir / "results.json").read_text())["rows"][0]["test"] == row["test"]
+
+  # A workdir left by another config is refused, not resumed or overwritten.
+  config_path = output_dir / "softmax-smoke-seed1" / "config.json"
+  config = json.loads(config_path.read_text())
+  config_path.write_text(json.dumps(dict(config, max_steps=40)))
+  refused = run_script(*args, cwd=tmp_path)
+  assert refused.returncode == 2
+  assert "softmax-smoke-seed1 holds a run of another config" in refused.stderr
+  assert json.loads(config_path.read_text())["max_steps"] == 40
