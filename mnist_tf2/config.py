@@ -129,6 +129,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 EVAL_SPLITS = ("train", "validation", "test")
 
+# Largest --augment_elastic_sigma, pixels: half the image.
 MAX_ELASTIC_SIGMA = 14.0
 
 # Fields that only one model reads; setting them for another model is an error.
@@ -195,6 +196,9 @@ def resolve(model: str, preset: str = "default", overrides: dict[str, Any] | Non
   for name, only_for in MODEL_ONLY_FIELDS.items():
     if name in overrides and model != only_for:
       raise UserError(f"--{name} applies to --model={only_for} only, not --model={model}")
+  for name in overrides:
+    if name.startswith("augment_") and not values.get("augment"):
+      raise UserError(f"--{name} has no effect without --augment")
   if values.get("fake_data"):
     values["data_source"] = "fake"
   if not values.get("workdir"):
@@ -228,8 +232,8 @@ def validate(config: Config) -> None:
     raise UserError(f"--augment_rotation must be in [0, 180] degrees, got "
                     f"{config.augment_rotation}")
   if not 0.0 < config.augment_elastic_sigma <= MAX_ELASTIC_SIGMA:
-    # Beyond half the image the smoothed field is nearly a rigid shift, and
-    # the smoothing kernel (6 sigma wide) would dwarf the image.
+    # Beyond half the image the smoothed field is nearly a rigid shift, which
+    # --augment_shift gives more cheaply.
     raise UserError(f"--augment_elastic_sigma must be in (0, {MAX_ELASTIC_SIGMA:g}] pixels, "
                     f"got {config.augment_elastic_sigma}")
   if config.max_to_keep < 2:

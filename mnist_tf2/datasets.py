@@ -13,7 +13,10 @@ training set, train is the rest, test is the official test set.
 
 The pipelines keep those arrays in memory and shuffle *indices*, gathering and
 normalising a whole batch at a time: cheap per step, and a checkpoint of the
-iterator holds the shuffle state, not the images.
+iterator holds the shuffle state, not the images. Training batches may be
+randomly distorted (`Augmentation`: shift, rotation, zoom, elastic), with
+stateless randomness keyed by (seed, batch number) so that a resumed run sees
+the same distortions; evaluation batches never are.
 """
 
 import math

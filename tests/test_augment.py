@@ -149,3 +149,9 @@ def test_off_unless_asked():
 def test_bad_strengths_are_refused(overrides, message):
   with pytest.raises(UserError, match=re.escape(message)):
     config_lib.resolve("cnn", "default", overrides)
+
+
+def test_strength_without_augment_is_refused():
+  with pytest.raises(UserError, match="--augment_rotation has no effect without --augment"):
+    config_lib.resolve("cnn", "seed", {"augment_rotation": 5.0})
+  assert config_lib.resolve("cnn", "seed", {"augment": True, "augment_rotation": 5.0}).augment
