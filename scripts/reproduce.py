@@ -69,7 +69,11 @@ def workdir_of(output_dir, model, preset, seed):
 
 
 def run(model, preset, seed, output_dir):
-  """Trains one (model, preset, seed) unless it is already done; returns results.json."""
+  """Trains one (model, preset, seed) unless it is already done.
+
+  Returns:
+    (the run's results.json, whether it was reused rather than trained now).
+  """
   workdir = workdir_of(output_dir, model, preset, seed)
   config = config_lib.resolve(model, preset, {"seed": seed, "workdir": workdir}).to_dict()
   config_path = os.path.join(workdir, "config.json")
@@ -82,7 +86,7 @@ def run(model, preset, seed, output_dir):
     if os.path.exists(results_path):
       print(f"{model} {preset} seed {seed}: reusing {results_path}", flush=True)
       with open(results_path) as f:
-        return json.load(f)
+        return json.load(f), True
   log_path = f"{workdir}.log"
   command = [sys.executable, "-m", "mnist_tf2.train", f"--model={model}",
              f"--preset={preset}", f"--seed={seed}", f"--workdir={workdir}"]
@@ -95,7 +99,7 @@ def run(model, preset, seed, output_dir):
     raise UserError(f"{model} {preset} seed {seed} failed (exit status {status}); "
                     f"see {log_path}")
   with open(results_path) as f:
-    return json.load(f)
+    return json.load(f), False
 
 
 def mean_std(values):
@@ -133,8 +137,10 @@ def markdown(rows, machine):
   """The Markdown table (with a line naming when and where it was measured)."""
   lines = [
       f"Measured {machine['date']} on {machine['cpu']} ({machine['cores']} cores), "
-      f"TensorFlow {machine['tensorflow']}; load average {machine['load_before']:.1f} before, "
-      f"{machine['load_after']:.1f} after. Mean ± sample std over the seeds.",
+      f"TensorFlow {machine['tensorflow']}; {machine['trained']} run(s) trained in this call "
+      f"(1-min load average {machine['load_before']:.1f} before, {machine['load_after']:.1f} "
+      f"after), {machine['reused']} reused from earlier calls. Mean ± sample std over the "
+      "seeds.",
       "",
       "| model | preset | steps × batch | seeds | wall seconds | validation accuracy "
       "| test accuracy |",
@@ -168,7 +174,7 @@ def main(argv):
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     load_before = os.getloadavg()[0]
     start = time.time()
-    runs = [run(*planned, FLAGS.output_dir) for planned in runs_to_do]
+    runs, reused = zip(*[run(*planned, FLAGS.output_dir) for planned in runs_to_do])
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -179,6 +185,8 @@ def main(argv):
       "tensorflow": importlib.metadata.version("tensorflow"),
       "load_before": load_before,
       "load_after": os.getloadavg()[0],
+      "trained": reused.count(False),
+      "reused": reused.count(True),
       "total_seconds": round(time.time() - start, 1),
   }
   rows = summarize(runs)

@@ -55,7 +55,7 @@ def test_mean_and_sample_std_per_model_and_preset(reproduce):
   assert rows[0]["wall_seconds"] == pytest.approx((12.0, 2.8284271247))
   assert rows[1]["test"] == (0.98, None)
   machine = dict(date="2000-01-01", cpu="cpu", cores=2, tensorflow="2.x", load_before=0.5,
-                 load_after=1.5)
+                 load_after=1.5, trained=2, reused=1)
   table = reproduce.markdown(rows, machine)
   assert "| mlp | `p` | 10 × 5 | 2 | 12 ± 3 | 91.00% ± 1.41 | 93.00% ± 2.83 |" in table
   assert "| cnn | `p` | 10 × 5 | 1 | 7 | 99.00% | 98.00% |" in table
@@ -80,11 +80,13 @@ def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
   table = (output_dir / "results.md").read_text()
   assert "| softmax | `smoke` | 20 × 32 | 2 |" in table
   assert table in first.stdout
+  assert "2 run(s) trained in this call" in table and "0 reused" in table
 
   # A second call reuses the finished runs instead of training again.
   again = run_script(*args, cwd=tmp_path)
   assert again.returncode == 0, again.stderr
   assert again.stdout.count("reusing") == 2
+  assert "0 run(s) trained in this call" in again.stdout and "2 reused" in again.stdout
   assert json.loads((output_dir / "results.json").read_text())["rows"][0]["test"] == row["test"]
 
   # A workdir left by another config is refused, not resumed or overwritten.
