@@ -15,8 +15,8 @@ The pipelines keep those arrays in memory and shuffle *indices*, gathering and
 normalising a whole batch at a time: cheap per step, and a checkpoint of the
 iterator holds the shuffle state, not the images. Training batches may be
 randomly distorted (`Augmentation`: shift, rotation, zoom, elastic), with
-stateless randomness keyed by (seed, batch number) so that a resumed run sees
-the same distortions; evaluation batches never are.
+stateless randomness keyed by (seed, position in the stream) so that a resumed
+run sees the same distortions; evaluation batches never are.
 """
 
 import math
