@@ -69,6 +69,7 @@ def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
   runs = [json.loads((output_dir / f"softmax-smoke-seed{seed}" / "results.json").read_text())
           for seed in (0, 1)]
   assert [run["config"]["seed"] for run in runs] == [0, 1]
+  assert set(runs[0]["metrics"]) == {"validation", "test"}  # Only what the table reports.
   summary = json.loads((output_dir / "results.json").read_text())
   row, = summary["rows"]
   assert (row["model"], row["preset"], row["seeds"], row["steps"]) == ("softmax", "smoke",
