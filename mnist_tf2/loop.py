@@ -267,7 +267,7 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
 
   metrics = evaluate_all()
   if summaries.enabled:
-    summaries.run_end(step, model, splits.test, trainer.predict_classes(
+    summaries.run_end(step, metrics, model, splits.test, trainer.predict_classes(
         datasets.eval_dataset(splits.test, batch_size=config.eval_batch_size)))
   summaries.flush()
   digest = weights_digest(model)

@@ -3,8 +3,9 @@
 Runs are sibling directories under the workdir, all using the same tag names
 (`loss`, `accuracy`), so TensorBoard overlays their curves:
 
-  .                  (the workdir) hparams: the resolved config; text: the
-                     config and the command line
+  .                  (the workdir) text: the resolved config and the command line
+  hparams/           the HParams session: the resolved config as hparams, and
+                     the final metrics (`<split>/loss`, `<split>/accuracy`)
   train/             running means over the training minibatches (loss,
                      accuracy, gradient_norm), learning_rate, examples_per_sec;
                      the input grid, weight/activation histograms, the softmax
@@ -14,9 +15,11 @@ Runs are sibling directories under the workdir, all using the same tag names
   eval/test/         ... over the test split, plus the confusion matrix and
                      the misclassified examples of the final evaluation
 
-The hparams session is the workdir, its metrics the final `eval/<split>`
-scalars, so several workdirs under one `--logdir` compare in the HParams
-dashboard.
+Several workdirs under one `--logdir` compare in the HParams dashboard, one
+session group per workdir. The session keeps its metrics in its own run: the
+plugin finds them at `<session run>/<group>`, and with `--logdir=WORKDIR` the
+workdir's own run is named ".", which would make that "./eval/test", a run
+that does not exist.
 """
 
 import contextlib
@@ -36,9 +39,10 @@ from mnist_tf2.models import SoftmaxRegression
 
 INPUT_GRID_SIZE = 64
 MISCLASSIFIED_SHOWN = 32
-# The metrics of the HParams dashboard: (tag, run relative to the session).
-HPARAMS_METRICS = [(tag, f"eval/{split}") for split in ("test", "validation", "train")
-                   for tag in ("accuracy", "loss")]
+HPARAMS_RUN = "hparams"
+# The metrics of the HParams dashboard, tags of the final metrics in HPARAMS_RUN.
+HPARAMS_METRICS = [f"{split}/{name}" for split in ("test", "validation", "train")
+                   for name in ("accuracy", "loss")]
 
 
 class Summaries:
@@ -105,9 +109,10 @@ class Summaries:
                       description="The resolved config: defaults, then the preset, then flags.")
       tf.summary.text("command_line", "`" + shlex.join(argv) + "`",
                       description="The command that started (or resumed) this run.")
+    with self.writer(HPARAMS_RUN).as_default(step=step):
       hp.hparams_config(hparams=[_hparam(name) for name in config_lib.FIELDS],
-                        metrics=[hp.Metric(tag, group=run, display_name=f"{run} {tag}")
-                                 for tag, run in HPARAMS_METRICS])
+                        metrics=[hp.Metric(tag, display_name=tag.replace("/", " "))
+                                 for tag in HPARAMS_METRICS])
       hp.hparams(config.to_dict(), trial_id=os.path.basename(os.path.abspath(self.workdir)))
     # The first batch the training pipeline yields for this seed: what the model
     # sees, normalised (the live iterator is left alone; it is checkpointed).
@@ -185,17 +190,22 @@ class Summaries:
 
   # --- the end of a run -------------------------------------------------------------------
 
-  def run_end(self, step, model, test_split, predicted):
-    """Final histograms, the confusion matrix and the misclassified test examples.
+  def run_end(self, step, metrics, model, test_split, predicted):
+    """Final metrics for HParams, final histograms, the confusion matrix and the
+    misclassified test examples.
 
     Args:
       step: the final global step.
+      metrics: {split: {"loss", "accuracy", ...}} of the final evaluation.
       model: the trained model.
       test_split: the test Split (uint8 images, labels), in order.
       predicted: the model's class for every test example, in the same order.
     """
     if not self.enabled:
       return
+    self.scalars(HPARAMS_RUN, step, {f"{split}/{name}": values[name]
+                                     for split, values in metrics.items()
+                                     for name in ("accuracy", "loss")})
     self.model_state(step, model, final=True)
     labels = test_split.labels
     matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)

@@ -52,9 +52,14 @@ def test_every_dashboard_is_written(tmp_path):
 
   root, train = read_events(tmp_path), read_events(tmp_path / "train")
   test = read_events(tmp_path / "eval" / "test")
-  assert kinds(root) == {"config": {"text"}, "command_line": {"text"},
-                         "_hparams_/experiment": {"hparams"},
-                         "_hparams_/session_start_info": {"hparams"}}
+  assert kinds(root) == {"config": {"text"}, "command_line": {"text"}}
+  hparams = read_events(tmp_path / "hparams")
+  final_metrics = {f"{split}/{name}" for split in ("train", "validation", "test")
+                   for name in ("loss", "accuracy")}
+  assert kinds(hparams) == {"_hparams_/experiment": {"hparams"},
+                            "_hparams_/session_start_info": {"hparams"},
+                            **{tag: {"scalars"} for tag in final_metrics}}
+  assert hparams["test/accuracy"][0][2] == pytest.approx(results["metrics"]["test"]["accuracy"])
   assert kinds(train) == {
       **{tag: {"scalars"} for tag in ("loss", "accuracy", "gradient_norm", "learning_rate",
                                       "examples_per_sec")},
@@ -84,14 +89,12 @@ def test_every_dashboard_is_written(tmp_path):
 
   # The hparams session holds the resolved config.
   session = plugin_data_pb2.HParamsPluginData.FromString(
-      plugin_content(tmp_path, "_hparams_/session_start_info")).session_start_info
+      plugin_content(tmp_path / "hparams", "_hparams_/session_start_info")).session_start_info
   assert session.hparams["model"].string_value == "mlp"
   assert session.hparams["histogram_every"].number_value == 2
   experiment = plugin_data_pb2.HParamsPluginData.FromString(
-      plugin_content(tmp_path, "_hparams_/experiment")).experiment
-  assert {(m.name.group, m.name.tag) for m in experiment.metric_infos} == {
-      (f"eval/{split}", tag) for split in ("train", "validation", "test")
-      for tag in ("loss", "accuracy")}
+      plugin_content(tmp_path / "hparams", "_hparams_/experiment")).experiment
+  assert {m.name.tag for m in experiment.metric_infos} == final_metrics
   [(_, _, text)] = root["config"]
   assert json.loads(text.item().decode().strip("`\n")) == config.to_dict()
 
