@@ -47,7 +47,7 @@ def test_every_dashboard_is_written(tmp_path):
   config = config_lib.resolve("mlp", "smoke", {
       "workdir": str(tmp_path), "max_steps": 5, "steps_per_loop": 5, "log_every": 5,
       "checkpoint_every": 5, "learning_rate": 1e-6, "histogram_every": 2,
-      "profile_steps": "2,4"})
+      "profile_steps": "1,3"})
   results = loop.train_and_evaluate(config)
 
   root, train = read_events(tmp_path), read_events(tmp_path / "train")
