@@ -74,8 +74,16 @@ def main():
   for name, (throughput, seconds) in medians.items():
     print(f"  {name:24} train {throughput:9.0f} ex/s   run {seconds:6.1f} s")
   (on_throughput, on_seconds), (off_throughput, off_seconds) = medians.values()
-  print(f"  overhead: training throughput {100 * (1 - on_throughput / off_throughput):+.1f}%, "
+  print(f"  overhead of the medians: training throughput "
+        f"{100 * (1 - on_throughput / off_throughput):+.1f}%, "
         f"run time {100 * (on_seconds / off_seconds - 1):+.1f}%")
+  # Each repeat ran both settings back to back: their ratio is the least
+  # disturbed by load that drifts over minutes.
+  on_runs, off_runs = results.values()
+  paired = [1 - on[0] / off[0] for on, off in zip(on_runs, off_runs)]
+  print(f"  overhead per back-to-back pair: training throughput "
+        f"{', '.join(f'{100 * p:+.1f}%' for p in paired)} "
+        f"(median {100 * statistics.median(paired):+.1f}%)")
 
 
 if __name__ == "__main__":
