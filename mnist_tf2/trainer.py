@@ -119,7 +119,8 @@ class Trainer:
 
     Returns:
       dict of scalars: mean `loss`, `accuracy` and `gradient_norm` over the
-      steps run, `steps` run, and `nonfinite_step` (the global step whose loss was NaN/Inf, or -1).
+      steps run, `steps` run, and `nonfinite_step` (the global step whose loss
+      was NaN/Inf, or -1).
     """
     loss_sum = tf.constant(0.0)
     correct_sum = tf.constant(0, tf.int64)
