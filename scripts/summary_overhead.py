@@ -13,6 +13,11 @@ reports per setting:
   run cpu s   CPU seconds of this process over that call: what the work costs,
               less disturbed than wall time when other jobs share the cores
 
+Then, since wall time on a shared machine is noisy, the steady-state cost in
+CPU seconds of this process: a thousand training steps in log_every chunks,
+with and without the gradient norm, alternating, plus one histogram step and
+the scalar writes that a thousand steps bring with the defaults.
+
   python scripts/summary_overhead.py --model=mlp --max_steps=3000 --repeats=3
   python scripts/summary_overhead.py --model=cnn --max_steps=1000 --repeats=2
 """
@@ -53,13 +58,68 @@ def one_run(model, preset, overrides):
   return sum(steps) * config.batch_size / train_seconds, seconds, cpu_seconds
 
 
+def cpu_seconds(fn, *args):
+  start = time.process_time()
+  fn(*args)
+  return time.process_time() - start
+
+
+def steady_state_cpu(model_name, preset, repeats):
+  """CPU seconds per 1000 steps: (summaries off, summaries on) with the defaults."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from mnist_tf2 import datasets, models, optimizers  # pylint: disable=g-import-not-at-top
+  from mnist_tf2 import summaries as summaries_lib  # pylint: disable=g-import-not-at-top
+  from mnist_tf2 import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as workdir:
+    base = config_lib.resolve(model_name, preset, {"workdir": workdir})
+    splits = datasets.load_splits(base)
+    strategy = tf.distribute.get_strategy()
+    model = models.create_model(base)
+    optimizer = optimizers.create_optimizer(base)
+    optimizer.build(model.trainable_variables)
+    trainers = {on: trainer_lib.Trainer(base.replace(summaries=on), strategy, model, optimizer)
+                for on in (False, True)}
+    iterator = iter(datasets.train_dataset(splits.train, batch_size=base.batch_size, seed=0))
+    chunk = tf.constant(base.log_every, tf.int64)
+    chunks = 1000 // base.log_every
+    for trainer in trainers.values():
+      trainer.train_loop(iterator, chunk)  # Trace and warm up.
+    summaries = summaries_lib.Summaries(workdir, histogram_every=base.histogram_every)
+    summaries.run_start(0, base, model, splits.train, ["summary_overhead"])
+    per_1000 = {False: [], True: []}
+    for repeat in range(repeats):
+      for on in ((False, True) if repeat % 2 == 0 else (True, False)):
+        per_1000[on].append(sum(cpu_seconds(trainers[on].train_loop, iterator, chunk)
+                                for _ in range(chunks)))
+    out = trainers[True].train_loop(iterator, chunk)
+    histogram = statistics.median(
+        cpu_seconds(summaries.model_state, 1000 * (i + 1), model) for i in range(3))
+    scalars = statistics.median(cpu_seconds(summaries.train_scalars, i, {
+        "loss": out["loss"], "accuracy": out["accuracy"],
+        "gradient_norm": out["gradient_norm"], "learning_rate": optimizer.learning_rate,
+        "examples_per_sec": 1.0}) for i in range(10))
+  off, on = statistics.median(per_1000[False]), statistics.median(per_1000[True])
+  print(f"steady state, CPU seconds per 1000 steps ({repeats} alternating measurements, "
+        f"medians): training {off:.3f} without the gradient norm, {on:.3f} with; "
+        f"+ one histogram step {histogram:.3f}; + {chunks} scalar writes {chunks * scalars:.3f}")
+  total = on + histogram + chunks * scalars
+  print(f"  overhead: {100 * (total / off - 1):+.1f}% "
+        f"(gradient norm {100 * (on / off - 1):+.1f}%, histograms {100 * histogram / off:+.1f}%, "
+        f"scalars {100 * chunks * scalars / off:+.1f}%)")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", default="mlp", choices=("softmax", "mlp", "cnn"))
   parser.add_argument("--preset", default="default")
   parser.add_argument("--max_steps", type=int, default=3000)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--steady_repeats", type=int, default=5)
+  parser.add_argument("--skip_runs", action="store_true", help="Only the steady-state part.")
   args = parser.parse_args()
+  if args.skip_runs:
+    steady_state_cpu(args.model, args.preset, args.steady_repeats)
+    return
 
   names = list(SETTINGS)
   results = {name: [] for name in names}
@@ -88,6 +148,7 @@ def main():
   print(f"  overhead per back-to-back pair: training throughput "
         f"{', '.join(f'{100 * p:+.1f}%' for p in paired)} "
         f"(median {100 * statistics.median(paired):+.1f}%)")
+  steady_state_cpu(args.model, args.preset, args.steady_repeats)
 
 
 if __name__ == "__main__":
