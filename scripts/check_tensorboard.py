@@ -109,7 +109,7 @@ def check(workdir, model, timeout):
   log = tempfile.TemporaryFile()
   server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
   expected = expected_tags(model)
-  missing = expected
+  missing, answered = expected, False
   try:
     deadline = time.time() + timeout
     # The server loads event files in the background: poll until all tags are
@@ -121,6 +121,7 @@ def check(workdir, model, timeout):
                            f"{log.read().decode(errors='replace')[-2000:]}")
       try:
         missing = missing_tags(expected, served_tags(base))
+        answered = True
       except (urllib.error.URLError, ConnectionError):
         pass  # Not listening yet.
       if not missing:
@@ -133,6 +134,8 @@ def check(workdir, model, timeout):
     except subprocess.TimeoutExpired:
       server.kill()
       server.wait()
+  if not answered:
+    print(f"tensorboard did not answer on port {port} within {timeout:.0f} s")
   for (dashboard, run), tags in sorted(expected.items()):
     lost = set(missing.get((dashboard, run), ()))
     print(f"{'ok' if not lost else 'MISSING':8}{dashboard:11}{run:16}"
@@ -173,8 +176,9 @@ def main():
     # TensorBoard serves traces only with tensorboard-plugin-profile: check the file.
     profiles = glob.glob(os.path.join(workdir, "train", "plugins", "profile", "*",
                                       "*.xplane.pb"))
-    print(f"{'ok' if profiles else 'MISSING':8}{'profile':11}{'train':16}"
-          f"{len(profiles)} xplane.pb trace(s)")
+    # An existing run need not have used --profile_steps.
+    status = "ok" if profiles else "MISSING" if own_workdir else "-"
+    print(f"{status:8}{'profile':11}{'train':16}{len(profiles)} xplane.pb trace(s)")
     if own_workdir and not profiles:
       missing[("profile", "train")] = ["xplane.pb"]
   finally:

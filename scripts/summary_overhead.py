@@ -64,7 +64,7 @@ def cpu_seconds(fn, *args):
   return time.process_time() - start
 
 
-def steady_state_cpu(model_name, preset, repeats):
+def steady_state_cpu(model_name, preset, repeats, steps=1000):
   """CPU seconds per 1000 steps: (summaries off, summaries on) with the defaults."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from mnist_tf2 import datasets, models, optimizers  # pylint: disable=g-import-not-at-top
@@ -81,7 +81,7 @@ def steady_state_cpu(model_name, preset, repeats):
                 for on in (False, True)}
     iterator = iter(datasets.train_dataset(splits.train, batch_size=base.batch_size, seed=0))
     chunk = tf.constant(base.log_every, tf.int64)
-    chunks = 1000 // base.log_every
+    chunks = steps // base.log_every
     for trainer in trainers.values():
       trainer.train_loop(iterator, chunk)  # Trace and warm up.
     summaries = summaries_lib.Summaries(workdir, histogram_every=base.histogram_every)
@@ -89,8 +89,8 @@ def steady_state_cpu(model_name, preset, repeats):
     per_1000 = {False: [], True: []}
     for repeat in range(repeats):
       for on in ((False, True) if repeat % 2 == 0 else (True, False)):
-        per_1000[on].append(sum(cpu_seconds(trainers[on].train_loop, iterator, chunk)
-                                for _ in range(chunks)))
+        per_1000[on].append(1000 / steps * sum(
+            cpu_seconds(trainers[on].train_loop, iterator, chunk) for _ in range(chunks)))
     out = trainers[True].train_loop(iterator, chunk)
     histogram = statistics.median(
         cpu_seconds(summaries.model_state, 1000 * (i + 1), model) for i in range(3))
@@ -99,13 +99,14 @@ def steady_state_cpu(model_name, preset, repeats):
         "gradient_norm": out["gradient_norm"], "learning_rate": optimizer.learning_rate,
         "examples_per_sec": 1.0}) for i in range(10))
   off, on = statistics.median(per_1000[False]), statistics.median(per_1000[True])
+  writes = 1000 // base.log_every
   print(f"steady state, CPU seconds per 1000 steps ({repeats} alternating measurements, "
         f"medians): training {off:.3f} without the gradient norm, {on:.3f} with; "
-        f"+ one histogram step {histogram:.3f}; + {chunks} scalar writes {chunks * scalars:.3f}")
-  total = on + histogram + chunks * scalars
+        f"+ one histogram step {histogram:.3f}; + {writes} scalar writes {writes * scalars:.3f}")
+  total = on + histogram + writes * scalars
   print(f"  overhead: {100 * (total / off - 1):+.1f}% "
         f"(gradient norm {100 * (on / off - 1):+.1f}%, histograms {100 * histogram / off:+.1f}%, "
-        f"scalars {100 * chunks * scalars / off:+.1f}%)")
+        f"scalars {100 * writes * scalars / off:+.1f}%)")
 
 
 def main():
@@ -115,10 +116,12 @@ def main():
   parser.add_argument("--max_steps", type=int, default=3000)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--steady_repeats", type=int, default=5)
+  parser.add_argument("--steady_steps", type=int, default=1000,
+                      help="Steps per steady-state measurement (scaled to 1000).")
   parser.add_argument("--skip_runs", action="store_true", help="Only the steady-state part.")
   args = parser.parse_args()
   if args.skip_runs:
-    steady_state_cpu(args.model, args.preset, args.steady_repeats)
+    steady_state_cpu(args.model, args.preset, args.steady_repeats, args.steady_steps)
     return
 
   names = list(SETTINGS)
@@ -148,7 +151,7 @@ def main():
   print(f"  overhead per back-to-back pair: training throughput "
         f"{', '.join(f'{100 * p:+.1f}%' for p in paired)} "
         f"(median {100 * statistics.median(paired):+.1f}%)")
-  steady_state_cpu(args.model, args.preset, args.steady_repeats)
+  steady_state_cpu(args.model, args.preset, args.steady_repeats, args.steady_steps)
 
 
 if __name__ == "__main__":
