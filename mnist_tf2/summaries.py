@@ -7,7 +7,8 @@ Runs are sibling directories under the workdir, all using the same tag names
   hparams/           the HParams session: the resolved config as hparams, and
                      the final metrics (`<split>/loss`, `<split>/accuracy`)
   train/             running means over the training minibatches (loss,
-                     accuracy, gradient_norm), learning_rate, examples_per_sec;
+                     accuracy), gradient_norm of the logged step, learning_rate,
+                     examples_per_sec;
                      the input grid, weight/activation histograms, the softmax
                      class weights, the traced train step, the profiler trace
   eval/train/        a full evaluation pass over the training split

@@ -118,21 +118,32 @@ def test_summaries_off_writes_nothing(tmp_path):
   assert (tmp_path / "results.json").exists()
 
 
-def test_gradient_norm_is_the_norm_of_the_step_gradient():
-  config = config_lib.resolve("mlp", "smoke")
-  strategy = tf.distribute.get_strategy()
+def test_gradient_norm_is_the_norm_of_the_last_steps_gradient():
+  # Plain SGD: the weights and the step are the optimizer's whole state.
+  config = config_lib.resolve("mlp", "smoke", {"optimizer": "sgd", "learning_rate": 0.5})
   model = models.create_model(config)
   optimizer = optimizers.create_optimizer(config)
-  trainer = trainer_lib.Trainer(config, strategy, model, optimizer)
+  optimizer.build(model.trainable_variables)
+  trainer = trainer_lib.Trainer(config, tf.distribute.get_strategy(), model, optimizer)
   images = tf.random.stateless_uniform([config.batch_size, 28, 28, 1], seed=[1, 2])
   labels = tf.random.stateless_uniform([config.batch_size], seed=[3, 4], maxval=10,
                                        dtype=tf.int32)
-  with tf.GradientTape() as tape:
-    loss = tf.reduce_mean(trainer_lib.cross_entropy(labels, model(images)))
-  expected = tf.linalg.global_norm(tape.gradient(loss, model.trainable_variables))
-  iterator = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
-  out = trainer.train_loop(iterator, tf.constant(1, tf.int64))
-  np.testing.assert_allclose(out["gradient_norm"], expected, rtol=1e-5)
+  batches = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
+  initial = model.get_weights()
+
+  def norm_now():
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(trainer_lib.cross_entropy(labels, model(images)))
+    return tf.linalg.global_norm(tape.gradient(loss, model.trainable_variables))
+
+  first = norm_now()
+  trainer.train_loop(batches, tf.constant(2, tf.int64))
+  third = norm_now()
+  model.set_weights(initial)
+  optimizer.iterations.assign(0)
+  out = trainer.train_loop(batches, tf.constant(3, tf.int64))
+  np.testing.assert_allclose(out["gradient_norm"], third, rtol=1e-5)
+  assert abs(float(first) - float(third)) > 1e-3 * float(first)  # The steps differ.
 
 
 @pytest.mark.parametrize("model_name", ["softmax", "mlp", "cnn"])
