@@ -120,7 +120,7 @@ def test_summaries_off_writes_nothing(tmp_path):
 
 def test_gradient_norm_is_the_norm_of_the_last_steps_gradient():
   # Plain SGD: the weights and the step are the optimizer's whole state.
-  config = config_lib.resolve("mlp", "smoke", {"optimizer": "sgd", "learning_rate": 0.5})
+  config = config_lib.resolve("mlp", "smoke", {"optimizer": "sgd", "learning_rate": 5.0})
   model = models.create_model(config)
   optimizer = optimizers.create_optimizer(config)
   optimizer.build(model.trainable_variables)
@@ -143,7 +143,7 @@ def test_gradient_norm_is_the_norm_of_the_last_steps_gradient():
   optimizer.iterations.assign(0)
   out = trainer.train_loop(batches, tf.constant(3, tf.int64))
   np.testing.assert_allclose(out["gradient_norm"], third, rtol=1e-5)
-  assert abs(float(first) - float(third)) > 1e-3 * float(first)  # The steps differ.
+  assert abs(float(first) - float(third)) > 0.1 * float(first)  # The steps differ.
 
 
 @pytest.mark.parametrize("model_name", ["softmax", "mlp", "cnn"])
