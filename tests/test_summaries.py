@@ -3,6 +3,8 @@
 import glob
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import read_events
+from conftest import REPO, read_events
 from mnist_tf2 import config as config_lib
 from mnist_tf2 import loop
 from mnist_tf2 import models
@@ -177,3 +179,14 @@ def test_confusion_matrix_image_shades_by_row_share():
   assert cell_corner(2, 2)[2] == 255 and cell_corner(2, 2)[0] < 100   # Mostly right: blue.
   assert cell_corner(2, 7)[0] == 255 and cell_corner(2, 7)[1] < 255   # Mistakes: red.
   assert cell_corner(5, 5) == (255, 255, 255)                          # Empty row: white.
+
+
+def test_a_real_tensorboard_serves_every_tag():
+  """scripts/check_tensorboard.py --fast: 20 real steps, a real server on a loopback port."""
+  result = subprocess.run([sys.executable, "scripts/check_tensorboard.py", "--fast"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+  assert result.stdout.rstrip().endswith("all tags served")
+  assert "MISSING" not in result.stdout
+  for dashboard in ("scalars", "images", "histograms", "hparams", "graphs", "text", "profile"):
+    assert f"ok      {dashboard}" in result.stdout, dashboard
