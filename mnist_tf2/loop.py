@@ -267,8 +267,10 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
 
   metrics = evaluate_all()
   if summaries.enabled:
-    summaries.run_end(step, metrics, model, splits.test, trainer.predict_classes(
-        datasets.eval_dataset(splits.test, batch_size=config.eval_batch_size)))
+    # The test-set pictures take one more pass over it: only if it was evaluated.
+    predicted = trainer.predict_classes(datasets.eval_dataset(
+        splits.test, batch_size=config.eval_batch_size)) if "test" in metrics else None
+    summaries.run_end(step, metrics, model, splits.test, predicted)
   summaries.flush()
   digest = weights_digest(model)
   print(f"Weights SHA-256: {digest}")

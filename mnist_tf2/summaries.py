@@ -205,7 +205,8 @@ class Summaries:
       metrics: {split: {"loss", "accuracy", ...}} of the final evaluation.
       model: the trained model.
       test_split: the test Split (uint8 images, labels), in order.
-      predicted: the model's class for every test example, in the same order.
+      predicted: the model's class for every test example, in the same order;
+        None (the test split was not evaluated) skips the test pictures.
     """
     if not self.enabled:
       return
@@ -213,6 +214,8 @@ class Summaries:
                                      for split, values in metrics.items()
                                      for name in ("accuracy", "loss")})
     self.model_state(step, model, final=True)
+    if predicted is None:
+      return
     labels = test_split.labels
     matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     np.add.at(matrix, (labels, predicted), 1)

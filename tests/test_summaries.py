@@ -112,6 +112,14 @@ def test_softmax_shows_its_class_weights(tmp_path):
                                        5 * 28 * 3 + 6 * 2, 3)
 
 
+def test_no_test_pictures_when_the_test_split_is_not_evaluated(tmp_path):
+  config = config_lib.resolve("softmax", "smoke", {"workdir": str(tmp_path),
+                                                   "eval_splits": "validation"})
+  loop.train_and_evaluate(config)
+  assert not (tmp_path / "eval" / "test").exists()
+  assert set(read_events(tmp_path / "hparams")) >= {"validation/accuracy", "validation/loss"}
+
+
 def test_summaries_off_writes_nothing(tmp_path):
   config = config_lib.resolve("softmax", "smoke", {"workdir": str(tmp_path),
                                                    "summaries": False})
