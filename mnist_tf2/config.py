@@ -109,8 +109,13 @@ class Config:
                                         "the Gaussian's sigma, pixels.")
 
   # TensorBoard.
-  histogram_every: int = _field(1000, "Write weight histograms every N steps (0: never).")
-  profile_steps: str = _field("", "Write a profiler trace for steps A,B (e.g. 100,110).")
+  summaries: bool = _field(True, "Write TensorBoard summaries (false: none at all, and the "
+                           "train step skips the gradient norm; e.g. to time training "
+                           "without them).")
+  histogram_every: int = _field(1000, "Write histograms of the weights, biases and activations "
+                                "every N steps (0: never).")
+  profile_steps: str = _field("", "Write a profiler trace of the steps from global step A to "
+                              "B, given as A,B (e.g. 100,110; empty: none).")
 
   # Export.
   export_dir: str = _field("", "If set, export a SavedModel there at the end of training.")
@@ -221,7 +226,8 @@ def validate(config: Config) -> None:
     if getattr(config, name) <= 0:
       raise UserError(f"--{name} must be positive, got {getattr(config, name)}")
   non_negative = ("eval_every", "warmup_steps", "validation_size", "weight_decay",
-                  "num_cpu_devices", "augment_shift", "augment_elastic_alpha")
+                  "num_cpu_devices", "augment_shift", "augment_elastic_alpha",
+                  "histogram_every")
   for name in non_negative:
     if getattr(config, name) < 0:
       raise UserError(f"--{name} must be >= 0, got {getattr(config, name)}")
@@ -252,6 +258,25 @@ def validate(config: Config) -> None:
                     f"{', '.join(EVAL_SPLITS)}")
   if config.data_source == "idx" and not config.data_dir:
     raise UserError("--data_source=idx needs --data_dir=DIR holding the four MNIST IDX files")
+  profile = profile_range(config.profile_steps)
+  if profile and profile[1] > config.max_steps:
+    raise UserError(f"--profile_steps={config.profile_steps} ends after "
+                    f"--max_steps={config.max_steps}")
+
+
+def profile_range(profile_steps: str) -> tuple[int, int] | None:
+  """Parses --profile_steps "A,B" into (A, B) with 0 <= A < B; "" gives None."""
+  if not profile_steps:
+    return None
+  parts = profile_steps.split(",")
+  try:
+    start, stop = (int(part) for part in parts)
+  except ValueError:
+    start, stop = -1, -1  # Wrong count or not integers: refused just below.
+  if not 0 <= start < stop:
+    raise UserError(f"--profile_steps={profile_steps!r} must be two global steps A,B with "
+                    "0 <= A < B, e.g. 100,110")
+  return start, stop
 
 
 def check_batch_fits(config: Config, split_sizes: dict[str, int]) -> None:

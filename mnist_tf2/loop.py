@@ -102,9 +102,9 @@ class ProgressBar:
       self.stream.write("\r" + " " * 60 + "\r")
 
 
-def next_stop(step, config) -> int:
+def next_stop(step, config, extra_stops=()) -> int:
   """The next step at which the loop must leave the compiled chunk."""
-  stops = [config.max_steps, step + config.steps_per_loop]
+  stops = [config.max_steps, step + config.steps_per_loop, *extra_stops]
   for every in (config.log_every, config.eval_every, config.checkpoint_every):
     if every:
       stops.append((step // every + 1) * every)
@@ -214,7 +214,10 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
       if len(split.labels) and name in config.eval_splits.split(",")
   }
   iterator = iter(train_data)
-  summaries = summaries_lib.Summaries(workdir, enabled=chief)
+  summaries = summaries_lib.Summaries(workdir, enabled=chief and config.summaries,
+                                      histogram_every=config.histogram_every,
+                                      profile_steps=config.profile_steps)
+  summaries.run_start(step, config, model, splits.train, sys.argv)
 
   def evaluate_all():
     results = {}
@@ -233,8 +236,9 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
       print(f"Stopped by {preemption.signal_name} at step {step}: saved "
             f"{checkpointer.save(step)}; run the same command again to resume", flush=True)
       raise Preempted(preemption.signum)
-    num_steps = next_stop(step, config) - step
-    out = trainer.train_loop(iterator, tf.constant(num_steps, tf.int64))
+    num_steps = next_stop(step, config, summaries.stops(step)) - step
+    with summaries.train_chunk(step, num_steps):
+      out = trainer.train_loop(iterator, tf.constant(num_steps, tf.int64))
     step = int(optimizer.iterations.numpy())
     if int(out["nonfinite_step"]) >= 0:
       progress.clear()
@@ -242,6 +246,7 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
                       f"without saving; the last good checkpoint is "
                       f"{checkpointer.latest or 'none'}")
     window_steps += int(out["steps"])
+    summaries.model_state(step, model)
     progress.update(step)
     if step % config.log_every == 0 or step == config.max_steps:
       elapsed = time.time() - window_start
@@ -250,6 +255,7 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
             f"({elapsed / max(window_steps, 1):.4f} sec)")
       summaries.train_scalars(step, {
           "loss": out["loss"], "accuracy": out["accuracy"],
+          "gradient_norm": out["gradient_norm"],
           "learning_rate": optimizer.learning_rate,
           "examples_per_sec": window_steps * config.batch_size / max(elapsed, 1e-9)})
       window_start, window_steps = time.time(), 0
@@ -261,6 +267,11 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
   progress.clear()
 
   metrics = evaluate_all()
+  if summaries.enabled:
+    # The test-set pictures take one more pass over it: only if it was evaluated.
+    predicted = trainer.predict_classes(datasets.eval_dataset(
+        splits.test, batch_size=config.eval_batch_size)) if "test" in metrics else None
+    summaries.run_end(step, metrics, model, splits.test, predicted)
   summaries.flush()
   digest = weights_digest(model)
   print(f"Weights SHA-256: {digest}")

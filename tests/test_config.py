@@ -43,6 +43,12 @@ def test_overrides_win_over_preset_and_types_are_checked():
     config_lib.resolve("mlp", "seed", {"batch_size": "ten"})
 
 
+def test_profile_steps_parse():
+  assert config_lib.profile_range("") is None
+  assert config_lib.profile_range("100,110") == (100, 110)
+  assert config_lib.resolve("mlp", "seed", {"profile_steps": "0,2000"}).profile_steps == "0,2000"
+
+
 def test_fake_data_flag_selects_fake_source_and_workdir_defaults():
   config = config_lib.resolve("softmax", "seed", {"fake_data": True})
   assert config.data_source == "fake"
@@ -71,6 +77,14 @@ def test_fake_data_flag_selects_fake_source_and_workdir_defaults():
     ("cnn", "default", {"eval_splits": "test,dev"}, "--eval_splits='test,dev' must be"),
     ("cnn", "default", {"eval_splits": ""}, "--eval_splits='' must be"),
     ("cnn", "default", {"eval_splits": "test,test"}, "--eval_splits='test,test' must be"),
+    ("mlp", "default", {"histogram_every": -1}, "--histogram_every must be >= 0, got -1"),
+    ("mlp", "default", {"profile_steps": "100"}, "--profile_steps='100' must be two global"),
+    ("mlp", "default", {"profile_steps": "1,2,3"}, "--profile_steps='1,2,3' must be two"),
+    ("mlp", "default", {"profile_steps": "a,b"}, "--profile_steps='a,b' must be two"),
+    ("mlp", "default", {"profile_steps": "20,10"}, "must be two global steps A,B with 0 <= A < B"),
+    ("mlp", "default", {"profile_steps": "-1,10"}, "must be two global steps A,B with 0 <= A < B"),
+    ("mlp", "seed", {"profile_steps": "100,2001"}, "--profile_steps=100,2001 ends after "
+     "--max_steps=2000"),
 ])
 def test_invalid_config_is_refused_in_one_line(model, preset, overrides, message):
   with pytest.raises(UserError) as excinfo:

@@ -142,8 +142,9 @@ def test_multi_worker_two_processes_same_weights_chief_writes(tmp_path):
   results = json.loads((workdir / "results.json").read_text())
   assert results["weights_sha256"] == digests[0]
   assert results["metrics"]["validation"]["num_examples"] == 1001
-  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "eval", "results.json",
-                                         "train"]
+  # (The workdir's own events file holds the config and command line as text.)
+  assert sorted(f for f in os.listdir(workdir) if not f.startswith("events.out.tfevents.")) == [
+      "checkpoints", "config.json", "eval", "hparams", "results.json", "train"]
   assert tf.train.latest_checkpoint(workdir / "checkpoints").endswith("ckpt-20")
   # The non-chief saved to a temporary directory and deleted it.
   assert os.listdir(tmp_path / "tmp1") == [] and os.listdir(tmp_path / "tmp0") == []
