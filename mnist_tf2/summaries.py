@@ -118,10 +118,11 @@ class Summaries:
                                  for tag in HPARAMS_METRICS])
       hp.hparams(config.to_dict(), trial_id=os.path.basename(os.path.abspath(self.workdir)))
     # The first batch the training pipeline yields for this seed: what the model
-    # sees, normalised (the live iterator is left alone; it is checkpointed).
+    # sees, normalised and distorted if --augment (from a pipeline of its own,
+    # so the training stream is not advanced).
     images, _ = next(iter(datasets.train_dataset(
         train_split, batch_size=min(INPUT_GRID_SIZE, len(train_split.labels)),
-        seed=config.seed)))
+        seed=config.seed, augmentation=datasets.Augmentation.from_config(config))))
     self._probe_images = images
     with self.writer("train").as_default(step=step):
       tf.summary.image("inputs", pictures.image_grid(images.numpy()),

@@ -130,7 +130,9 @@ def test_evaluation_is_never_distorted(digits, tmp_path, monkeypatch):
   config = config_lib.resolve("softmax", "smoke", {
       "workdir": str(tmp_path), "augment": True, "augment_elastic_alpha": 8.0})
   results = loop.train_and_evaluate(config)
-  assert passed == [datasets.Augmentation(2.0, 10.0, 0.1, 8.0, 4.0)]
+  # The training stream and the TensorBoard input grid both show distorted images.
+  assert passed and all(augmentation == datasets.Augmentation(2.0, 10.0, 0.1, 8.0, 4.0)
+                        for augmentation in passed)
   assert results["steps"] == config.max_steps
 
 
