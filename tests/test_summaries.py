@@ -198,3 +198,18 @@ def test_a_real_tensorboard_serves_every_tag():
   assert "MISSING" not in result.stdout
   for dashboard in ("scalars", "images", "histograms", "hparams", "graphs", "text", "profile"):
     assert f"ok      {dashboard}" in result.stdout, dashboard
+
+
+def test_histograms_of_large_tensors_are_strided_samples():
+  """A histogram one-hot encodes its input: big tensors are sampled first."""
+  from mnist_tf2 import summaries as summaries_lib
+  limit = summaries_lib.MAX_HISTOGRAM_VALUES
+  dense_kernel = tf.reshape(tf.range(3136 * 1024, dtype=tf.float32), [3136, 1024])
+  sample = summaries_lib.histogram_sample(dense_kernel).numpy()
+  assert limit // 2 < sample.size <= limit
+  # Evenly spread over the whole tensor, not its first rows.
+  size = 3136 * 1024
+  stride = -(-size // limit)
+  assert sample[0] == 0 and sample[-1] >= size - stride
+  small = tf.ones([10, 3])
+  assert summaries_lib.histogram_sample(small).shape == (30,)
