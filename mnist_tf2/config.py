@@ -139,6 +139,10 @@ MAX_ELASTIC_SIGMA = 14.0
 
 # Fields that only one model reads; setting them for another model is an error.
 MODEL_ONLY_FIELDS = {"hidden1": "mlp", "hidden2": "mlp", "dropout_rate": "cnn"}
+# Fields that only one data source reads; given for another source they would be
+# silently ignored (--data_dir alone would train on the bundled data), so refuse.
+SOURCE_ONLY_FIELDS = {"data_dir": "idx", "dataset": "tfds", "tfds_data_dir": "tfds",
+                      "fake_examples": "fake"}
 
 
 def configs_dir() -> pathlib.Path:
@@ -205,7 +209,18 @@ def resolve(model: str, preset: str = "default", overrides: dict[str, Any] | Non
     if name.startswith("augment_") and not values.get("augment"):
       raise UserError(f"--{name} has no effect without --augment")
   if values.get("fake_data"):
+    if overrides.get("data_source", "fake") != "fake":
+      raise UserError(f"--fake_data contradicts --data_source={overrides['data_source']}")
     values["data_source"] = "fake"
+  source = values.get("data_source", FIELDS["data_source"].default)
+  for name, only_for in SOURCE_ONLY_FIELDS.items():
+    if name in overrides and source != only_for:
+      raise UserError(f"--{name} applies to --data_source={only_for} only, "
+                      f"not --data_source={source}")
+  optimizer = values.get("optimizer", FIELDS["optimizer"].default)
+  if "momentum" in overrides and optimizer != "momentum":
+    raise UserError(f"--momentum applies to --optimizer=momentum only, not "
+                    f"--optimizer={optimizer}")
   if not values.get("workdir"):
     values["workdir"] = os.path.join("/tmp/mnist_tf2", f"{model}-{preset}")
   config = Config(**values)
@@ -259,6 +274,8 @@ def validate(config: Config) -> None:
   if config.data_source == "idx" and not config.data_dir:
     raise UserError("--data_source=idx needs --data_dir=DIR holding the four MNIST IDX files")
   profile = profile_range(config.profile_steps)
+  if profile and not config.summaries:
+    raise UserError("--profile_steps needs summaries on; drop --summaries=false")
   if profile and profile[1] > config.max_steps:
     raise UserError(f"--profile_steps={config.profile_steps} ends after "
                     f"--max_steps={config.max_steps}")

@@ -71,6 +71,16 @@ def test_fake_data_flag_selects_fake_source_and_workdir_defaults():
     ("mlp", "default", {"data_source": "idx"}, "--data_source=idx needs --data_dir"),
     ("mlp", "default", {"warmup_steps": 5000, "max_steps": 100}, "--warmup_steps=5000"),
     ("mlp", "default", {"nonsense": 1}, "unknown config field 'nonsense'"),
+    ("mlp", "default", {"data_dir": "/d"}, "--data_dir applies to --data_source=idx only, "
+     "not --data_source=bundled"),
+    ("mlp", "default", {"dataset": "kmnist"}, "--dataset applies to --data_source=tfds only"),
+    ("mlp", "default", {"fake_examples": 64}, "--fake_examples applies to --data_source=fake"),
+    ("mlp", "default", {"fake_data": True, "data_source": "idx", "data_dir": "/d"},
+     "--fake_data contradicts --data_source=idx"),
+    ("mlp", "default", {"momentum": 0.5}, "--momentum applies to --optimizer=momentum only, "
+     "not --optimizer=adam"),
+    ("mlp", "default", {"summaries": False, "profile_steps": "10,20"},
+     "--profile_steps needs summaries on"),
     ("mlp", "default", {"strategy": "horovod"}, "--strategy='horovod' is not one of"),
     ("mlp", "default", {"num_cpu_devices": -1}, "--num_cpu_devices must be >= 0"),
     ("mlp", "default", {"tpu": "grpc://10.0.0.2:8470"}, "applies to --strategy=tpu only"),
