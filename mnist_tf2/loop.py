@@ -151,7 +151,13 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
   """The body of `train_and_evaluate`, writing to this worker's `workdir`."""
   if chief:
     if config.export_dir:
-      export.check_export_dir(config.export_dir)  # Refused now, not after training.
+      # Refused now, not after training: a non-empty export dir, or one that
+      # holds the workdir (training fills it, so the export would find it full).
+      export.check_export_dir(config.export_dir)
+      export_dir, own_dir = os.path.abspath(config.export_dir), os.path.abspath(config.workdir)
+      if os.path.commonpath([export_dir, own_dir]) == export_dir:
+        raise UserError(f"--export_dir={config.export_dir} holds --workdir={config.workdir}; "
+                        "export to a directory of its own (e.g. WORKDIR/export)")
     prepare_workdir(config)
 
   splits = datasets.load_splits(config)
@@ -227,44 +233,55 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
       summaries.eval_scalars(step, name, results[name])
     return results
 
-  progress = ProgressBar(config.max_steps)
-  window_start, window_steps = time.time(), 0
-  while step < config.max_steps:
+  def stop_if_preempted():
     if preemption.requested:
       progress.clear()
       summaries.flush()
       print(f"Stopped by {preemption.signal_name} at step {step}: saved "
             f"{checkpointer.save(step)}; run the same command again to resume", flush=True)
       raise Preempted(preemption.signum)
+
+  progress = ProgressBar(config.max_steps)
+  start_step = step
+  # Since the last log line: steps, their summed loss and accuracy, and the time
+  # spent in training chunks only (not in evaluation or saving).
+  window_steps, window_loss, window_accuracy, window_seconds = 0, 0.0, 0.0, 0.0
+  while step < config.max_steps:
+    stop_if_preempted()
     num_steps = next_stop(step, config, summaries.stops(step)) - step
+    chunk_start = time.time()
     with summaries.train_chunk(step, num_steps):
       out = trainer.train_loop(iterator, tf.constant(num_steps, tf.int64))
-    step = int(optimizer.iterations.numpy())
+    step = int(optimizer.iterations.numpy())  # Waits for the chunk to finish.
+    window_seconds += time.time() - chunk_start
     if int(out["nonfinite_step"]) >= 0:
       progress.clear()
       raise UserError(f"loss is not finite at step {int(out['nonfinite_step'])}; stopped "
                       f"without saving; the last good checkpoint is "
                       f"{checkpointer.latest or 'none'}")
-    window_steps += int(out["steps"])
+    chunk_steps = int(out["steps"])
+    window_steps += chunk_steps
+    window_loss += float(out["loss"]) * chunk_steps
+    window_accuracy += float(out["accuracy"]) * chunk_steps
     summaries.model_state(step, model)
     progress.update(step)
     if step % config.log_every == 0 or step == config.max_steps:
-      elapsed = time.time() - window_start
       progress.clear()
-      print(f"Step {step}: loss = {float(out['loss']):.2f} "
-            f"({elapsed / max(window_steps, 1):.4f} sec)")
+      print(f"Step {step}: loss = {window_loss / window_steps:.2f} "
+            f"({window_seconds / window_steps:.4f} sec)")
       summaries.train_scalars(step, {
-          "loss": out["loss"], "accuracy": out["accuracy"],
+          "loss": window_loss / window_steps, "accuracy": window_accuracy / window_steps,
           "gradient_norm": out["gradient_norm"],
           "learning_rate": optimizer.learning_rate,
-          "examples_per_sec": window_steps * config.batch_size / max(elapsed, 1e-9)})
-      window_start, window_steps = time.time(), 0
+          "examples_per_sec": window_steps * config.batch_size / max(window_seconds, 1e-9)})
+      window_steps, window_loss, window_accuracy, window_seconds = 0, 0.0, 0.0, 0.0
     if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
       progress.clear()
       evaluate_all()
     if step % config.checkpoint_every == 0 or step == config.max_steps:
       checkpointer.save(step)
   progress.clear()
+  stop_if_preempted()  # A signal during the last chunk: stop before the final evaluation.
 
   metrics = evaluate_all()
   if summaries.enabled:
@@ -284,8 +301,11 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
       "weights_sha256": digest,
       "config": config.to_dict(),
   }
-  if chief:
-    write_json(os.path.join(workdir, "results.json"), results)
+  results_path = os.path.join(workdir, "results.json")
+  # A re-run of a finished run trains nothing: keep the results (and wall time)
+  # of the run that did the training.
+  if chief and (step > start_step or not os.path.exists(results_path)):
+    write_json(results_path, results)
     if config.export_dir:
       export.export_model(model, config, config.export_dir)
       print(f"Exported the SavedModel to {config.export_dir}")

@@ -10,6 +10,8 @@ import tensorflow as tf
 from conftest import read_events, run_module
 from mnist_tf2 import config as config_lib
 from mnist_tf2 import loop
+from mnist_tf2 import trainer as trainer_lib
+from mnist_tf2.errors import UserError
 
 EVAL_LINE = re.compile(r"^  Num examples: (\d+)  Num correct: (\d+)  Precision @ 1: (\d\.\d{4})$")
 
@@ -59,11 +61,48 @@ def test_rerun_of_finished_run_resumes_and_only_evaluates(tmp_path, capsys):
   config = config_lib.resolve("softmax", "smoke", {"workdir": str(tmp_path)})
   first = loop.train_and_evaluate(config)
   capsys.readouterr()
+  saved = (tmp_path / "results.json").read_text()
   second = loop.train_and_evaluate(config)
   out = capsys.readouterr().out
   assert f"Resumed from {tmp_path}/checkpoints/ckpt-{config.max_steps}" in out
   assert "Step " not in out
   assert second["metrics"] == first["metrics"]
+  # The results (and wall time) of the run that trained are kept.
+  assert (tmp_path / "results.json").read_text() == saved
+
+
+def test_logged_loss_is_the_mean_over_the_whole_log_window(tmp_path, monkeypatch):
+  """With chunks shorter than --log_every, the logged loss covers every step."""
+  chunks = []
+  original = trainer_lib.Trainer.__init__
+
+  def recording_init(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    train_loop = self.train_loop
+
+    def recorded(iterator, num_steps):
+      out = train_loop(iterator, num_steps)
+      chunks.append((int(out["steps"]), float(out["loss"])))
+      return out
+    self.train_loop = recorded
+
+  monkeypatch.setattr(trainer_lib.Trainer, "__init__", recording_init)
+  config = config_lib.resolve("softmax", "smoke", {"workdir": str(tmp_path),
+                                                    "steps_per_loop": 2, "log_every": 10})
+  loop.train_and_evaluate(config)
+  logged = {step: value for step, _, value in read_events(tmp_path / "train")["loss"]}
+  assert [steps for steps, _ in chunks] == [2] * 10
+  first_window = sum(steps * loss for steps, loss in chunks[:5]) / 10
+  assert abs(float(logged[10]) - first_window) < 1e-5
+  assert abs(float(logged[10]) - chunks[4][1]) > 1e-3  # Not just the last chunk's.
+
+
+def test_export_dir_holding_the_workdir_is_refused_before_training(tmp_path):
+  config = config_lib.resolve("softmax", "smoke", {"workdir": str(tmp_path / "run"),
+                                                    "export_dir": str(tmp_path)})
+  with pytest.raises(UserError, match="holds --workdir"):
+    loop.train_and_evaluate(config)
+  assert not (tmp_path / "run").exists()
 
 
 def test_resume_refuses_another_model(tmp_path):
