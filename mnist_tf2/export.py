@@ -110,15 +110,19 @@ def export_model(model, config, export_dir: str, overwrite: bool = False) -> Non
 
   export_dir = os.path.abspath(export_dir)
   parent, name = os.path.split(export_dir)
-  staging = tempfile.mkdtemp(prefix=f".{name}.new-", dir=parent)
+  staging = None
   try:
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{name}.new-", dir=parent)
     tf.saved_model.save(module, staging, signatures={SIGNATURE_KEY: module.serve})
     _swap_in(staging, export_dir)
-  except OSError as e:
-    raise UserError(f"cannot write the SavedModel to {export_dir}: {e.strerror or e}"
-                    ) from None
+  except (OSError, tf.errors.OpError) as e:
+    # tf.saved_model.save reports a full or unwritable disk as an OpError.
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+    raise UserError(f"cannot write the SavedModel to {export_dir}: {reason}") from None
   finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    if staging:
+      shutil.rmtree(staging, ignore_errors=True)
 
 
 def _swap_in(staging: str, export_dir: str) -> None:

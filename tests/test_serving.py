@@ -452,3 +452,21 @@ def test_report_as_json_and_text(trained, tmp_path, capsys):
 def test_predict_refuses_what_is_not_a_saved_model(tmp_path):
   with pytest.raises(UserError, match="holds no SavedModel"):
     predict.Classifier(str(tmp_path))
+
+
+def test_a_failing_save_is_one_line_and_leaves_no_staging_dir(tmp_path, monkeypatch):
+  """tf.saved_model.save reports a full disk as an OpError, not an OSError."""
+  from mnist_tf2 import config as config_lib
+  from mnist_tf2 import export
+  from mnist_tf2 import models
+  from mnist_tf2.errors import UserError
+  config = config_lib.resolve("softmax", "smoke")
+
+  def full_disk(*args, **kwargs):
+    raise tf.errors.ResourceExhaustedError(None, None, "No space left on device\nmore")
+
+  monkeypatch.setattr(tf.saved_model, "save", full_disk)
+  with pytest.raises(UserError, match="cannot write the SavedModel to .*: No space left on "
+                     "device$"):
+    export.export_model(models.create_model(config), config, str(tmp_path / "export"))
+  assert os.listdir(tmp_path) == []
