@@ -49,7 +49,7 @@ def read_all_tensors(path) -> None:
 
   The data file's tensors carry CRC32C checksums that the read verifies.
   RestoreV2 is used rather than a CheckpointReader: one op reads everything,
-  and it reads any dtype (a variant, e.g. a tf.data iterator's state, has no
+  and it reads any dtype (a variant, such as a tf.data iterator's state, has no
   numpy form for the reader to return).
   """
   dtypes = tf.train.load_checkpoint(path).get_variable_to_dtype_map()

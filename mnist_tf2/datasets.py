@@ -12,8 +12,9 @@ validation split is the FIRST `validation_size` images of the official
 training set, train is the rest, test is the official test set.
 
 The pipelines keep those arrays in memory and shuffle *indices*, gathering and
-normalising a whole batch at a time: cheap per step, and a checkpoint of the
-iterator holds the shuffle state, not the images. Training batches may be
+normalising a whole batch at a time: cheap per step. The order is a function of
+the seed alone, so a run resumed at step s starts reading at example s * batch
+(see `train_dataset(start=...)`): nothing of the pipeline needs checkpointing. Training batches may be
 randomly distorted (`Augmentation`: shift, rotation, zoom, elastic), with
 stateless randomness keyed by (seed, position in the stream) so that a resumed
 run sees the same distortions; evaluation batches never are.
@@ -304,10 +305,10 @@ def train_dataset(split: Split, *, batch_size: int, seed: int, start: int = 0,
   num_examples = len(split.labels)
 
   def epoch_order(epoch):
-    # A stateless permutation keyed by (seed, epoch): the iterator's checkpoint
-    # is a few kB (an epoch counter and a position) instead of the 11 MB a
-    # 55,000-entry shuffle buffer serialises to, and the order depends on
-    # `seed` alone, not on TensorFlow's global seed.
+    # A stateless permutation keyed by (seed, epoch): the order depends on
+    # `seed` alone (not on TensorFlow's global seed), needs no 55,000-entry
+    # shuffle buffer, and any position in the stream can be computed, which is
+    # how a resumed run finds its place.
     order = tf.random.experimental.index_shuffle(
         tf.range(num_examples, dtype=tf.int64),
         seed=tf.stack([tf.constant(seed, tf.int64), epoch]), max_index=num_examples - 1)

@@ -2,7 +2,7 @@
 
 Used by the commands that work on a finished (or running) training run, such as
 `mnist_tf2.export` and `mnist_tf2.evaluate`. Only the model's weights are
-restored; the optimizer and the input iterator in the checkpoint are ignored.
+restored; the optimizer state in the checkpoint is ignored.
 """
 
 import contextlib
@@ -74,7 +74,7 @@ def restore_model(workdir: str) -> Restored:
     raise UserError(f"no checkpoint in {checkpoint_dir}; train first "
                     f"(python -m mnist_tf2.train --workdir={workdir})")
   model = models.create_model(config)
-  # Only the model is asked for: the optimizer and iterator in the file are
+  # Only the model is asked for: the optimizer state in the file is
   # deliberately left unread (expect_partial), but every weight of the model
   # must be found there, so a checkpoint of another model is refused instead of
   # half-loaded.

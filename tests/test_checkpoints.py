@@ -40,7 +40,7 @@ def cli_args(model, flags, workdir):
 
 
 def checkpoint_values(path) -> dict:
-  """The model and optimizer tensors of a checkpoint (not the iterator state)."""
+  """The model and optimizer tensors of a checkpoint."""
   reader = tf.train.load_checkpoint(str(path))
   return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
           if name.startswith(("model/", "optimizer/"))}

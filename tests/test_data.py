@@ -453,26 +453,3 @@ def test_eval_dataset_sharded_covers_every_example_once():
       for images, _ in datasets.eval_dataset(
           split, batch_size=4, input_context=tf.distribute.InputContext(3, i))])
   assert sorted(ids) == list(range(23))
-
-
-def test_iterator_checkpoint_resumes_and_leaves_images_out(tmp_path):
-  rng = np.random.default_rng(0)
-  split = datasets.Split(rng.integers(0, 256, (20_000, 28, 28, 1), np.uint8),
-                         np.zeros(20_000, np.int32))
-  ds = datasets.train_dataset(split, batch_size=32, seed=0)
-  iterator = iter(ds)
-  for _ in range(3):
-    next(iterator)
-  checkpoint = tf.train.Checkpoint(it=iterator)
-  path = checkpoint.write(str(tmp_path / "ckpt"))
-  expected = [next(iterator)[0].numpy() for _ in range(2)]
-
-  size = sum(f.stat().st_size for f in tmp_path.glob("ckpt*"))
-  # The shuffle buffer of indices is saved (~200 bytes per example); the
-  # 15.7 MB of images must not be.
-  assert size < split.images.nbytes / 2, size
-
-  restored = iter(ds)
-  tf.train.Checkpoint(it=restored).read(path).assert_consumed()
-  for batch in expected:
-    np.testing.assert_array_equal(next(restored)[0].numpy(), batch)
