@@ -1,5 +1,8 @@
 """The one error type users see as a single line instead of a traceback."""
 
+import contextlib
+import sys
+
 
 class UserError(Exception):
   """Bad input from the user: a flag, a file, a checkpoint, an image.
@@ -27,3 +30,13 @@ class Preempted(Exception):
     super().__init__(f"stopped by signal {signum}")
     self.signum = signum
     self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def one_line_errors():
+  """Around a command's work: a UserError becomes `error: <message>`, exit 2."""
+  try:
+    yield
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

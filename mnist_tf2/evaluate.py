@@ -6,7 +6,6 @@ and the 10x10 confusion matrix (rows: true label, columns: predicted label).
 """
 
 import os
-import sys
 
 # Quieter TensorFlow start-up (no INFO lines); set before TensorFlow is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -21,6 +20,7 @@ from mnist_tf2 import datasets
 from mnist_tf2 import loop
 from mnist_tf2 import restore
 from mnist_tf2.errors import UserError
+from mnist_tf2.errors import one_line_errors
 from mnist_tf2.models import NUM_CLASSES
 
 SPLITS = ("train", "validation", "test")
@@ -111,14 +111,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   flag_values = flags.FLAGS
-  try:
+  with one_line_errors():
     splits = parse_splits(flag_values.splits)
     if not flag_values.workdir:
       raise UserError("--workdir is empty; name the training workdir to evaluate")
     evaluate_workdir(flag_values.workdir, splits)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ in, so a failed export never leaves a half-written or missing model behind.
 
 import os
 import shutil
-import sys
 import tempfile
 
 # Quieter TensorFlow start-up (no INFO lines); set before TensorFlow is imported.
@@ -30,6 +29,7 @@ from mnist_tf2 import datasets
 from mnist_tf2 import models
 from mnist_tf2 import restore
 from mnist_tf2.errors import UserError
+from mnist_tf2.errors import one_line_errors
 
 SIGNATURE_KEY = "serving_default"
 IMAGES_SPEC = tf.TensorSpec([None, *datasets.IMAGE_SHAPE], tf.uint8, name="images")
@@ -170,12 +170,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   flag_values = flags.FLAGS
-  try:
+  with one_line_errors():
     restored = export_workdir(flag_values.workdir, flag_values.export_dir,
                               flag_values.overwrite)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   step = "" if restored.step is None else f" (step {restored.step})"
   print(f"Exported the {restored.config.model} model of {restored.checkpoint}{step} to "
         f"{os.path.abspath(flag_values.export_dir)}")

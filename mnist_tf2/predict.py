@@ -34,6 +34,7 @@ from PIL import UnidentifiedImageError
 import tensorflow as tf
 
 from mnist_tf2.errors import UserError
+from mnist_tf2.errors import one_line_errors
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF")
 # Far beyond any photo of a digit; refused before decoding, so a decompression
@@ -297,7 +298,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   flag_values = flags.FLAGS
   paths = argv[1:]
-  try:
+  with one_line_errors():
     if not flag_values.export_dir:
       raise UserError("--export_dir is empty; name the SavedModel from mnist_tf2.export")
     if not paths:
@@ -305,9 +306,6 @@ def main(argv):
     if not 1 <= flag_values.top_k <= NUM_CLASSES:
       raise UserError(f"--top_k must be in 1..{NUM_CLASSES}, got {flag_values.top_k}")
     records = predict_files(Classifier(flag_values.export_dir), paths, flag_values.top_k)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   if report(records, flag_values.json):
     sys.exit(2)
 

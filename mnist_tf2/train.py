@@ -16,7 +16,7 @@ from absl import logging
 
 from mnist_tf2 import config as config_lib
 from mnist_tf2.errors import Preempted
-from mnist_tf2.errors import UserError
+from mnist_tf2.errors import one_line_errors
 
 config_lib.define_flags()
 
@@ -27,13 +27,11 @@ def main(argv):
   # absl logs INFO by default; the tutorial's lines are the interesting output.
   logging.set_verbosity(logging.WARNING)
   try:
-    config = config_lib.config_from_flags(flags.FLAGS)
-    print("Config:", config.to_json().replace("\n", "\n  "), flush=True)
-    from mnist_tf2 import loop  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-    loop.train_and_evaluate(config)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    with one_line_errors():
+      config = config_lib.config_from_flags(flags.FLAGS)
+      print("Config:", config.to_json().replace("\n", "\n  "), flush=True)
+      from mnist_tf2 import loop  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+      loop.train_and_evaluate(config)
   except Preempted as e:
     # The checkpoint is saved and the line saying so printed; see Preempted.
     sys.exit(e.exit_code)
