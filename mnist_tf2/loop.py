@@ -182,11 +182,13 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
       optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     # Build the slots now, before any restore (see checkpoints.Checkpointer).
     optimizer.build(model.trainable_variables)
+  trainer = trainer_lib.Trainer(config, strategy, model, optimizer)
+  xla = "off"
+  if config.jit_compile:
+    xla = "on (whole loop)" if trainer.loop_in_xla else "on (forward and backward)"
   print(f"Strategy {type(strategy).__name__}; dtype policy {policy} (compute "
         f"{model.dtype_policy.compute_dtype}, variables {model.dtype_policy.variable_dtype}"
-        f"{', loss scaling' if policy == 'mixed_float16' else ''}); "
-        f"XLA {'on' if config.jit_compile else 'off'}")
-  trainer = trainer_lib.Trainer(config, strategy, model, optimizer)
+        f"{', loss scaling' if policy == 'mixed_float16' else ''}); XLA {xla}")
 
   # Every worker restores the chief's newest checkpoint (the workdir is shared)
   # and saves to its own directory, of which only the chief's is kept.
@@ -204,11 +206,20 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
   # The input position is step * global batch: the step is the whole input
   # state, so a checkpoint resumes under any strategy and replica count
   # (a distributed iterator cannot be checkpointed anyway).
-  train_data = strategy.distribute_datasets_from_function(
-      lambda ctx: datasets.train_dataset(
-          splits.train, batch_size=ctx.get_per_replica_batch_size(config.batch_size),
-          seed=config.seed, start=step * config.batch_size, input_context=ctx,
-          augmentation=datasets.Augmentation.from_config(config)))
+  if trainer.loop_in_xla:
+    # Each chunk is one XLA program that gathers its own batches from the
+    # training set in memory, at the same positions (trainer.py).
+    train_images, train_labels = (tf.constant(splits.train.images),
+                                  tf.constant(splits.train.labels))
+    run_chunk = lambda num_steps: trainer.train_loop_in_memory(train_images, train_labels,
+                                                              num_steps)
+  else:
+    iterator = iter(strategy.distribute_datasets_from_function(
+        lambda ctx: datasets.train_dataset(
+            splits.train, batch_size=ctx.get_per_replica_batch_size(config.batch_size),
+            seed=config.seed, start=step * config.batch_size, input_context=ctx,
+            augmentation=datasets.Augmentation.from_config(config))))
+    run_chunk = lambda num_steps: trainer.train_loop(iterator, num_steps)
   # Evaluation batches may be short (every example counts once), so the
   # per-replica share is rounded up rather than required to divide evenly.
   eval_batch = -(-config.eval_batch_size // replicas)
@@ -219,7 +230,6 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
       for name, split in splits._asdict().items()
       if len(split.labels) and name in config.eval_splits.split(",")
   }
-  iterator = iter(train_data)
   summaries = summaries_lib.Summaries(workdir, enabled=chief and config.summaries,
                                       histogram_every=config.histogram_every,
                                       profile_steps=config.profile_steps)
@@ -251,7 +261,7 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
     num_steps = next_stop(step, config, summaries.stops(step)) - step
     chunk_start = time.time()
     with summaries.train_chunk(step, num_steps):
-      out = trainer.train_loop(iterator, tf.constant(num_steps, tf.int64))
+      out = run_chunk(tf.constant(num_steps, tf.int64))
     step = int(optimizer.iterations.numpy())  # Waits for the chunk to finish.
     window_seconds += time.time() - chunk_start
     if int(out["nonfinite_step"]) >= 0:

@@ -5,12 +5,15 @@
 For one model it measures, alternating the contestants round after round (so a
 busy machine slows all of them alike) and reporting medians:
 
-* `train`: our compiled loop (`Trainer.train_loop`), steady state;
+* `train`: our compiled loop, steady state, with the better of
+  `--jit_compile` off and on found by a short search first (on one replica,
+  `--jit_compile` makes each chunk one XLA program gathering its batches from
+  memory; see trainer.py);
 * `keras_fit`: `fit` on the same model class, batch, optimizer, loss and
-  tf.data pipeline, with the best `steps_per_execution` x `jit_compile` found
-  by a short search first (no crippled baseline);
+  data, with the best `steps_per_execution` x `jit_compile` found by the same
+  kind of search (no crippled baseline);
 * `matmul`: the machine's fp32 matmul GFLOP/s, the roofline;
-* optional rows: our loop with `--jit_compile` (XLA) and with
+* optional rows: our loop with the other `--jit_compile` setting, and with
   `--mixed_precision` (mixed_bfloat16 on a CPU);
 
 then the input pipeline alone, evaluation, and peak resident memory. It
@@ -111,7 +114,7 @@ class Timer:
 
 
 def our_loop(config, split, window_steps):
-  """Our trainer on `split`, built as the loop builds it (dtype policy, XLA from the config).
+  """Our trainer on `split`, built as loop.py builds it (dtype policy, XLA from the config).
 
   Returns:
     (window function that runs and times `window_steps` steps, trainer, strategy).
@@ -127,14 +130,18 @@ def our_loop(config, split, window_steps):
     optimizer = optimizers.create_optimizer(config)
     optimizer.build(model.trainable_variables)
   trainer = trainer_lib.Trainer(config, strategy, model, optimizer)
-  data = strategy.distribute_datasets_from_function(
-      lambda ctx: datasets.train_dataset(
-          split, batch_size=ctx.get_per_replica_batch_size(config.batch_size),
-          seed=config.seed, input_context=ctx))
-  iterator = iter(data)
+  if trainer.loop_in_xla:
+    images, labels = tf.constant(split.images), tf.constant(split.labels)
+    run_chunk = lambda n: trainer.train_loop_in_memory(images, labels, n)
+  else:
+    iterator = iter(strategy.distribute_datasets_from_function(
+        lambda ctx: datasets.train_dataset(
+            split, batch_size=ctx.get_per_replica_batch_size(config.batch_size),
+            seed=config.seed, input_context=ctx)))
+    run_chunk = lambda n: trainer.train_loop(iterator, n)
 
   def run(num_steps):
-    out = trainer.train_loop(iterator, tf.constant(num_steps, tf.int64))
+    out = run_chunk(tf.constant(num_steps, tf.int64))
     return int(out["steps"])  # Reading a value waits for the steps to finish.
 
   def window():
@@ -264,7 +271,9 @@ def machine():
 
 def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, log=print):
   """Runs every measurement; returns the results dict."""
-  overrides = {"batch_size": batch_size, "workdir": tempfile.mkdtemp(), "max_steps": 10**6}
+  # Plain images on both sides: fit gets our tf.data pipeline without augmentation.
+  overrides = {"batch_size": batch_size, "workdir": tempfile.mkdtemp(), "max_steps": 10**6,
+               "augment": False}
   if tiny:
     overrides.update(data_source="fake", fake_examples=256, eval_batch_size=64,
                      steps_per_loop=2)
@@ -276,10 +285,16 @@ def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, lo
 
   log(f"{model_name}: batch {batch_size}, {window_steps} steps a window, {rounds} rounds, "
       f"{before['cpus_usable']} usable CPUs, load {before['load_average_1_5_15']}")
-  ours, trainer, strategy = our_loop(config, splits.train, window_steps)
+  # Ours: the better --jit_compile setting by a short search, as for fit below.
+  loops, our_search = {}, {}
+  for jit in (False, True):
+    loops[jit] = our_loop(config.replace(jit_compile=jit), splits.train, window_steps)
+    our_search[jit] = images / loops[jit][0]()
+    log(f"  our loop jit_compile={jit}: {our_search[jit]:,.0f} images/s")
+  train_rss = peak_rss_mb()  # Before fit's models exist: what our training takes.
+  our_jit = max(our_search, key=our_search.get)
+  ours, trainer, strategy = loops[our_jit]
   timers = [Timer("train", ours, images)]
-  timers[0].measure()
-  train_rss = peak_rss_mb()  # Before any other model exists: what training alone takes.
 
   # fit: a short search over steps_per_execution x jit_compile, then the best one.
   search, windows = {}, {}
@@ -297,17 +312,18 @@ def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, lo
   matmul, matmul_flops = matmul_window(256 if tiny else MATMUL_SIZE)
   timers.append(Timer("matmul", matmul, matmul_flops))
   if extra_rows:
-    # What --jit_compile and --mixed_precision buy on this machine.
-    for name, change in (("train_jit_compile", {"jit_compile": True}),
-                         ("train_mixed_precision", {"mixed_precision": True})):
-      window = our_loop(config.replace(**change), splits.train, window_steps)[0]
-      timers.append(Timer(name, window, images))
+    # What the other --jit_compile setting and --mixed_precision do on this machine.
+    timers.append(Timer("train_jit_compile" if not our_jit else "train_no_jit",
+                        loops[not our_jit][0], images))
+    window = our_loop(config.replace(mixed_precision=True, jit_compile=our_jit), splits.train,
+                      window_steps)[0]
+    timers.append(Timer("train_mixed_precision", window, images))
+  del loops
 
   # Alternate the contestants so that load from other processes hits all alike.
   for r in range(rounds):
     for timer in timers:
-      if not (r == 0 and timer.name == "train" and timer.rates):
-        timer.measure()
+      timer.measure()
     log(f"  round {r + 1}: " + ", ".join(f"{t.name} {t.rates[-1]:,.0f}" for t in timers))
   rates = {t.name: t.median for t in timers}
 
@@ -323,6 +339,9 @@ def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, lo
       "window_steps": window_steps,
       "rounds": rounds,
       "train_images_per_sec": rates["train"],
+      "train_jit_compile": our_jit,
+      "train_search_images_per_sec": {f"jit_compile={jit}": rate
+                                      for jit, rate in our_search.items()},
       "keras_fit_images_per_sec": rates["keras_fit"],
       "keras_fit_best": {"steps_per_execution": best_spe, "jit_compile": best_jit},
       "keras_fit_search_images_per_sec": {
@@ -342,26 +361,32 @@ def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, lo
       "machine_before": before,
       "machine_after": machine(),
   }
-  for name in ("train_jit_compile", "train_mixed_precision"):
+  for name in ("train_jit_compile", "train_no_jit", "train_mixed_precision"):
     if name in rates:
       results[f"{name}_images_per_sec"] = rates[name]
+  if our_jit and "train_no_jit" in rates:
+    results["train_jit_compile_images_per_sec"] = rates["train"]
   return results
 
 
 def format_table(results) -> str:
   r = results
   rows = [
-      ("our loop, fp32", f"{r['train_images_per_sec']:,.0f} images/s"),
+      (f"our loop, fp32 (best: jit_compile={r['train_jit_compile']})",
+       f"{r['train_images_per_sec']:,.0f} images/s"),
       (f"keras fit (best: steps_per_execution={r['keras_fit_best']['steps_per_execution']}, "
        f"jit_compile={r['keras_fit_best']['jit_compile']})",
        f"{r['keras_fit_images_per_sec']:,.0f} images/s"),
       ("speed-up vs fit", f"{r['speedup_vs_fit']:.2f}x"),
   ]
-  if "train_jit_compile_images_per_sec" in r:
-    rows.append(("our loop, --jit_compile",
+  if "train_no_jit_images_per_sec" in r:
+    rows.append(("our loop, jit_compile=False",
+                 f"{r['train_no_jit_images_per_sec']:,.0f} images/s"))
+  elif "train_jit_compile_images_per_sec" in r:
+    rows.append(("our loop, jit_compile=True",
                  f"{r['train_jit_compile_images_per_sec']:,.0f} images/s"))
   if "train_mixed_precision_images_per_sec" in r:
-    rows.append(("our loop, --mixed_precision",
+    rows.append((f"our loop, --mixed_precision (jit_compile={r['train_jit_compile']})",
                  f"{r['train_mixed_precision_images_per_sec']:,.0f} images/s"))
   rows += [
       ("input pipeline alone", f"{r['input_pipeline_images_per_sec']:,.0f} images/s "

@@ -453,3 +453,16 @@ def test_eval_dataset_sharded_covers_every_example_once():
       for images, _ in datasets.eval_dataset(
           split, batch_size=4, input_context=tf.distribute.InputContext(3, i))])
   assert sorted(ids) == list(range(23))
+
+
+def test_stream_indices_are_what_the_pipeline_reads_in_any_shape():
+  """The in-memory XLA loop (trainer.py) gathers by stream_indices: the same examples."""
+  split = numbered_split(20)
+  stream = np.concatenate(first_batches(datasets.train_dataset(split, batch_size=4, seed=5),
+                                        k=20))
+  # A [steps, batch] grid spanning four epochs, starting mid-epoch.
+  positions = 6 + np.arange(15 * 4).reshape(15, 4)
+  indices = datasets.stream_indices(positions, 20, seed=5).numpy()
+  assert indices.shape == (15, 4)
+  np.testing.assert_array_equal(indices.ravel(), stream[6:66])
+  assert not np.array_equal(indices, datasets.stream_indices(positions, 20, seed=6).numpy())

@@ -1,0 +1,105 @@
+"""The whole-loop XLA path: --jit_compile on one replica, batches gathered from memory."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mnist_tf2 import config as config_lib
+from mnist_tf2 import datasets
+from mnist_tf2 import loop
+from mnist_tf2 import models
+from mnist_tf2 import optimizers
+from mnist_tf2 import trainer as trainer_lib
+
+
+def _trainer(config, initial_weights=None):
+  model = models.create_model(config)
+  optimizer = optimizers.create_optimizer(config)
+  optimizer.build(model.trainable_variables)
+  if initial_weights is not None:
+    model.set_weights(initial_weights)
+  return trainer_lib.Trainer(config, tf.distribute.get_strategy(), model, optimizer)
+
+
+def _split(config):
+  return datasets.load_splits(config).train
+
+
+def test_only_one_replica_without_augmentation_runs_the_loop_in_xla(tmp_path):
+  base = {"workdir": str(tmp_path)}
+  assert _trainer(config_lib.resolve("mlp", "smoke", {**base, "jit_compile": True})).loop_in_xla
+  assert not _trainer(config_lib.resolve("mlp", "smoke", base)).loop_in_xla
+  assert not _trainer(config_lib.resolve("mlp", "smoke", {
+      **base, "jit_compile": True, "augment": True})).loop_in_xla
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_xla_loop_trains_like_the_tf_data_loop(model, tmp_path):
+  """Same examples in the same order, same updates (to float rounding), chunk after chunk.
+
+  (Without dropout: XLA's Philox generator draws other masks than TensorFlow's
+  kernel for the same stateless seed.)
+  """
+  overrides = {"workdir": str(tmp_path), "optimizer": "adam", "learning_rate": 1e-3,
+               "steps_per_loop": 5, **({"dropout_rate": 0.0} if model == "cnn" else {})}
+  plain = config_lib.resolve(model, "smoke", overrides)
+  xla = config_lib.resolve(model, "smoke", {**overrides, "jit_compile": True})
+  split = _split(plain)
+  reference = _trainer(plain)
+  fused = _trainer(xla, reference.model.get_weights())
+  assert fused.loop_in_xla and not reference.loop_in_xla
+  iterator = iter(datasets.train_dataset(split, batch_size=plain.batch_size, seed=plain.seed))
+  images, labels = tf.constant(split.images), tf.constant(split.labels)
+  for num_steps in (5, 3, 5):  # Chunks of several lengths: one XLA program for all.
+    a = reference.train_loop(iterator, tf.constant(num_steps, tf.int64))
+    b = fused.train_loop_in_memory(images, labels, tf.constant(num_steps, tf.int64))
+    assert int(a["steps"]) == int(b["steps"]) == num_steps
+    np.testing.assert_allclose(float(b["loss"]), float(a["loss"]), rtol=1e-4)
+    assert float(b["accuracy"]) == pytest.approx(float(a["accuracy"]), abs=1e-6)
+  assert int(fused.optimizer.iterations) == 13
+  for a, b in zip(reference.model.get_weights(), fused.model.get_weights()):
+    np.testing.assert_allclose(b, a, atol=2e-5)
+  initial = _trainer(plain).model  # Other random weights: the comparison above can fail.
+  assert not np.allclose(initial.get_weights()[0], fused.model.get_weights()[0], atol=2e-5)
+
+
+def test_xla_loop_stops_at_the_first_nonfinite_step(tmp_path):
+  config = config_lib.resolve("softmax", "smoke", {"workdir": str(tmp_path),
+                                                   "jit_compile": True})
+  split = _split(config)
+  trainer = _trainer(config)
+  images, labels = tf.constant(split.images), tf.constant(split.labels)
+  out = trainer.train_loop_in_memory(images, labels, tf.constant(3, tf.int64))
+  assert int(out["steps"]) == 3 and int(out["nonfinite_step"]) == -1
+  trainer.model.logits.bias.assign(tf.fill([10], np.nan))
+  out = trainer.train_loop_in_memory(images, labels, tf.constant(5, tf.int64))
+  assert int(out["steps"]) == 1 and int(out["nonfinite_step"]) == 4
+  assert int(trainer.optimizer.iterations) == 4
+
+
+def test_a_chunk_longer_than_steps_per_loop_is_refused(tmp_path):
+  config = config_lib.resolve("softmax", "smoke", {"workdir": str(tmp_path),
+                                                   "jit_compile": True, "steps_per_loop": 4})
+  split = _split(config)
+  trainer = _trainer(config)
+  with pytest.raises(ValueError, match="longer than --steps_per_loop=4"):
+    trainer.train_loop_in_memory(tf.constant(split.images), tf.constant(split.labels),
+                                 tf.constant(5, tf.int64))
+  assert int(trainer.optimizer.iterations) == 0
+
+
+def test_xla_loop_resumes_exactly(tmp_path, capsys):
+  """20 steps straight = 10 steps, stop, resume to 20: bit-identical weights."""
+  flags = {"jit_compile": True, "max_steps": 20, "checkpoint_every": 10}
+  straight = loop.train_and_evaluate(config_lib.resolve(
+      "mlp", "smoke", {**flags, "workdir": str(tmp_path / "straight")}))
+  assert "XLA on (whole loop)" in capsys.readouterr().out
+  loop.train_and_evaluate(config_lib.resolve(
+      "mlp", "smoke", {**flags, "max_steps": 10, "workdir": str(tmp_path / "resumed")}))
+  resumed = loop.train_and_evaluate(config_lib.resolve(
+      "mlp", "smoke", {**flags, "workdir": str(tmp_path / "resumed")}))
+  assert "Resumed from" in capsys.readouterr().out
+  assert resumed["weights_sha256"] == straight["weights_sha256"]
+  other = loop.train_and_evaluate(config_lib.resolve(
+      "mlp", "smoke", {**flags, "seed": 1, "workdir": str(tmp_path / "other")}))
+  assert other["weights_sha256"] != straight["weights_sha256"]
