@@ -2,11 +2,13 @@
 
 PRESETS = {
     # The tutorial's fully_connected_feed.py: SGD 0.01, batch 100, 2,000 steps (~90%).
+    # jit_compile: each chunk of steps is one XLA program (trainer.py); 2.3x fit here.
     "seed": dict(optimizer="sgd", learning_rate=0.01, batch_size=100, max_steps=2000,
-                 hidden1=128, hidden2=32),
+                 hidden1=128, hidden2=32, jit_compile=True),
     # Tuned, same 128/32 architecture: Adam with warm-up and cosine decay, 20 epochs
     # of lightly shifted, rotated and zoomed digits. (Validation, seed 0: 98.88%;
     # without augmentation 98.18% with label smoothing 0.1, 98.26% with AdamW 0.05.)
+    # No jit_compile: the distortions run in tf.data (their kernel has no XLA form).
     "default": dict(optimizer="adam", learning_rate=2e-3, lr_schedule="cosine",
                     warmup_steps=200, batch_size=100, max_steps=11000, hidden1=128, hidden2=32,
                     augment=True, augment_shift=1.5, augment_rotation=8.0, augment_scale=0.08),

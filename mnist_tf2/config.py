@@ -265,6 +265,9 @@ def validate(config: Config) -> None:
   if config.warmup_steps >= config.max_steps and config.warmup_steps > 0:
     raise UserError(f"--warmup_steps={config.warmup_steps} must be below "
                     f"--max_steps={config.max_steps}")
+  if config.deterministic and config.jit_compile and config.model == "cnn":
+    raise UserError("--deterministic and --jit_compile cannot be combined for the cnn: XLA "
+                    "has no deterministic max-pool gradient; drop one of them")
   if config.tpu and config.strategy != "tpu":
     raise UserError(f"--tpu={config.tpu!r} applies to --strategy=tpu only, not "
                     f"--strategy={config.strategy}")

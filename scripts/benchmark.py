@@ -13,6 +13,10 @@ busy machine slows all of them alike) and reporting medians:
   data, with the best `steps_per_execution` x `jit_compile` found by the same
   kind of search (no crippled baseline);
 * `matmul`: the machine's fp32 matmul GFLOP/s, the roofline;
+* `kernel_floor`: the model's matmuls and convolutions alone (forward and
+  both backward products, as standalone ops, one at a time): the images/s a
+  loop would reach if everything else (activations, pooling, dropout, loss,
+  the optimizer update, the input) were free;
 * optional rows: our loop with the other `--jit_compile` setting, and with
   `--mixed_precision` (mixed_bfloat16 on a CPU);
 
@@ -91,6 +95,76 @@ def forward_macs_per_image(model) -> int:
       kh, kw, cin, _ = op.inputs[1].shape.as_list()
       macs += int(np.prod(op.outputs[0].shape.as_list())) * kh * kw * cin
   return macs
+
+
+def flop_kernels(model, batch_size):
+  """The model's FLOP-carrying kernels as standalone ops, for the kernel floor.
+
+  For every MatMul and Conv2D of the traced forward pass: the forward op and
+  its two backward products (weight gradient, input gradient; the first layer
+  needs no input gradient), on random tensors of the training shapes.
+
+  Returns:
+    (list of zero-argument functions, each running one kernel; their FLOPs).
+  """
+  graph = tf.function(lambda images: model(images, training=False)).get_concrete_function(
+      tf.TensorSpec([batch_size, 28, 28, 1], tf.float32)).graph
+  ops = [op for op in graph.get_operations() if op.type in ("MatMul", "Conv2D")]
+  kernels, flops = [], 0
+  for i, op in enumerate(ops):
+    x_shape, w_shape = (t.shape.as_list() for t in op.inputs)
+    y_shape = op.outputs[0].shape.as_list()
+    x, w, dy = (tf.Variable(tf.random.normal(shape)) for shape in (x_shape, w_shape, y_shape))
+    if op.type == "MatMul":
+      # Keras's Dense: x [batch, in] @ w [in, out].
+      fwd = lambda x=x, w=w: tf.matmul(x, w)
+      d_w = lambda x=x, dy=dy: tf.matmul(x, dy, transpose_a=True)
+      d_x = lambda w=w, dy=dy: tf.matmul(dy, w, transpose_b=True)
+      macs = x_shape[0] * x_shape[1] * w_shape[1]
+    else:
+      strides, padding = op.get_attr("strides"), op.get_attr("padding").decode()
+      fwd = lambda x=x, w=w: tf.nn.conv2d(x, w, strides, padding)
+      d_w = lambda x=x, dy=dy, w_shape=w_shape: tf.raw_ops.Conv2DBackpropFilter(
+          input=x, filter_sizes=w_shape, out_backprop=dy, strides=strides, padding=padding)
+      d_x = lambda w=w, dy=dy, x_shape=x_shape: tf.raw_ops.Conv2DBackpropInput(
+          input_sizes=x_shape, filter=w, out_backprop=dy, strides=strides, padding=padding)
+      macs = int(np.prod(y_shape)) * w_shape[0] * w_shape[1] * w_shape[2]
+    kernels += [fwd, d_w] + ([d_x] if i else [])
+    flops += 2 * macs * (3 if i else 2)
+  return kernels, flops
+
+
+def kernel_floor_window(model, batch_size, repeats):
+  """Runs the model's FLOP kernels one after another (never two at once), `repeats` times.
+
+  Returns:
+    (window function, images per window): the time training would take if
+    everything but these kernels were free.
+  """
+  kernels, _ = flop_kernels(model, batch_size)
+
+  @tf.function
+  def run():
+    done = tf.constant(0.0)
+    for _ in tf.range(repeats):
+      # Serialised: each kernel waits for the previous one, and the next
+      # repeat for this one, as in a training step.
+      tf.autograph.experimental.set_loop_options(parallel_iterations=1)
+      with tf.control_dependencies([done]):
+        last = tf.constant(0.0)
+        for kernel in kernels:
+          with tf.control_dependencies([last]):
+            last = tf.reshape(kernel(), [-1])[0]
+        done = last
+    return done
+
+  def window():
+    start = time.perf_counter()
+    run().numpy()
+    return time.perf_counter() - start
+
+  run().numpy()
+  return window, batch_size * repeats
 
 
 # --- the contestants -------------------------------------------------------------------------
@@ -311,6 +385,10 @@ def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, lo
 
   matmul, matmul_flops = matmul_window(256 if tiny else MATMUL_SIZE)
   timers.append(Timer("matmul", matmul, matmul_flops))
+  # What the model's matmuls and convolutions alone take: the floor of a step.
+  floor, floor_images = kernel_floor_window(
+      models.create_model(config), batch_size, 2 if tiny else max(window_steps // 10, 5))
+  timers.append(Timer("kernel_floor", floor, floor_images))
   if extra_rows:
     # What the other --jit_compile setting and --mixed_precision do on this machine.
     timers.append(Timer("train_jit_compile" if not our_jit else "train_no_jit",
@@ -355,6 +433,8 @@ def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, lo
       "train_flops_per_image": flops_per_image,
       "train_gflops": rates["train"] * flops_per_image / 1e9,
       "roofline_fraction": rates["train"] * flops_per_image / rates["matmul"],
+      "kernel_floor_images_per_sec": rates["kernel_floor"],
+      "kernel_floor_roofline_fraction": rates["kernel_floor"] * flops_per_image / rates["matmul"],
       "train_peak_rss_mb": train_rss,
       "peak_rss_mb": peak_rss_mb(),
       "rounds_images_per_sec": {t.name: t.rates for t in timers},
@@ -395,6 +475,8 @@ def format_table(results) -> str:
       ("fp32 matmul", f"{r['matmul_gflops']:.0f} GFLOP/s"),
       ("training FLOPs per image", f"{r['train_flops_per_image'] / 1e6:.2f} MFLOP"),
       ("roofline fraction", f"{r['roofline_fraction']:.0%} ({r['train_gflops']:.0f} GFLOP/s)"),
+      ("kernel floor: matmuls/convs alone", f"{r['kernel_floor_images_per_sec']:,.0f} images/s, "
+       f"{r['kernel_floor_roofline_fraction']:.0%} of the roofline"),
       ("peak RSS: training alone / whole benchmark",
        f"{r['train_peak_rss_mb']:,.0f} / {r['peak_rss_mb']:,.0f} MB"),
   ]

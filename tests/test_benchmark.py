@@ -8,7 +8,8 @@ from conftest import run_module
 KEYS = ("batch_size", "train_images_per_sec", "keras_fit_images_per_sec", "speedup_vs_fit",
         "input_pipeline_images_per_sec", "eval_images_per_sec", "matmul_gflops",
         "train_flops_per_image", "roofline_fraction", "peak_rss_mb",
-        "train_jit_compile_images_per_sec", "train_mixed_precision_images_per_sec")
+        "train_jit_compile_images_per_sec", "train_mixed_precision_images_per_sec",
+        "kernel_floor_images_per_sec", "kernel_floor_roofline_fraction")
 
 
 def test_tiny_benchmark_writes_every_key(tmp_path):

@@ -192,12 +192,13 @@ def test_per_replica_batch_size():
 @pytest.mark.parametrize("flag, log", [
     ("mixed_precision", "dtype policy mixed_bfloat16 (compute bfloat16, variables float32); "
                         "XLA off"),
-    ("jit_compile", "dtype policy float32 (compute float32, variables float32); XLA on"),
+    ("jit_compile", "dtype policy float32 (compute float32, variables float32); "
+                    "XLA on (whole loop)"),
 ])
 def test_mixed_precision_and_xla_learn_on_cpu(flag, log, tmp_path, capsys):
   """Softmax regression on the bundled MNIST: > 85% test in 300 steps."""
   config = config_lib.resolve("softmax", "seed", {
-      "max_steps": 300, "log_every": 100, "validation_size": 0, flag: True,
+      "max_steps": 300, "log_every": 100, "validation_size": 0, "jit_compile": False, flag: True,
       "workdir": str(tmp_path)})
   results = loop.train_and_evaluate(config)
   assert log in capsys.readouterr().out
