@@ -6,8 +6,8 @@ written for a single replica and run through `strategy.run`, so the same code
 serves one CPU, many GPUs and many machines. The global step is
 `optimizer.iterations`.
 
-With `--jit_compile` on one replica and no augmentation, `loop_in_xla` is set
-and `train_loop_in_memory(images, labels, num_steps)` runs instead: the whole
+With `--jit_compile` on one replica, no augmentation and, on a CPU, no
+convolutions, `loop_in_xla` is set and `train_loop_in_memory(images, labels, num_steps)` runs instead: the whole
 chunk -- gathering each batch from the training set held in memory, forward,
 backward, update -- is one XLA program, with no per-step dispatch at all.
 It reads the same stream of examples (`datasets.stream_indices`).
@@ -59,10 +59,15 @@ class Trainer:
     # nothing stands in the way -- one replica (no all-reduce), no augmentation
     # (ImageProjectiveTransform has no XLA kernel) -- the whole chunk is one XLA
     # program reading the training set from memory: 2.3x the images/s of the
-    # 128/32 MLP (README, Performance). XLA's CPU convolutions are slow, so the
-    # cnn presets leave --jit_compile off.
+    # 128/32 MLP (README, Performance). Not for convolutions on a CPU: inside
+    # an XLA loop there they ran 70x slower (32 images/s, the cnn here), and
+    # even alone XLA's CPU convolutions run at half speed, so the cnn presets
+    # leave --jit_compile off.
+    on_cpu = not tf.config.list_logical_devices("GPU") and not tf.config.list_logical_devices(
+        "TPU")
+    has_convolutions = any(isinstance(layer, keras.layers.Conv2D) for layer in model.layers)
     self.loop_in_xla = (config.jit_compile and strategy.num_replicas_in_sync == 1
-                        and not config.augment)
+                        and not config.augment and not (on_cpu and has_convolutions))
     self._in_memory_loop = tf.function(self._in_memory_loop_fn, jit_compile=True)
     self._chunk_loop = tf.function(self._chunk_loop_fn)
     self._eval_loop = tf.function(self._eval_loop_fn)
