@@ -14,7 +14,7 @@ busy machine slows all of them alike) and reporting medians:
   kind of search (no crippled baseline);
 * `matmul`: the machine's fp32 matmul GFLOP/s, the roofline;
 * `kernel_floor`: the model's matmuls and convolutions alone (forward and
-  both backward products, as standalone ops, one at a time): the images/s a
+  both backward products, as standalone ops on random tensors): the images/s a
   loop would reach if everything else (activations, pooling, dropout, loss,
   the optimizer update, the input) were free;
 * optional rows: our loop with the other `--jit_compile` setting, and with
@@ -135,7 +135,7 @@ def flop_kernels(model, batch_size):
 
 
 def kernel_floor_window(model, batch_size, repeats):
-  """Runs the model's FLOP kernels one after another (never two at once), `repeats` times.
+  """Runs the model's FLOP kernels, as for one training step, `repeats` times.
 
   Returns:
     (window function, images per window): the time training would take if
@@ -144,19 +144,19 @@ def kernel_floor_window(model, batch_size, repeats):
   kernels, _ = flop_kernels(model, batch_size)
 
   @tf.function
+  def one_step():
+    # One graph of all the kernels; each result feeds the output, so none is
+    # pruned (control dependencies alone were: the kernels did not run). The
+    # executor may overlap them, as it may the kernels of a training step.
+    total = tf.constant(0.0)
+    for kernel in kernels:
+      total += tf.reshape(kernel(), [-1])[0]
+    return total
+
   def run():
-    done = tf.constant(0.0)
-    for _ in tf.range(repeats):
-      # Serialised: each kernel waits for the previous one, and the next
-      # repeat for this one, as in a training step.
-      tf.autograph.experimental.set_loop_options(parallel_iterations=1)
-      with tf.control_dependencies([done]):
-        last = tf.constant(0.0)
-        for kernel in kernels:
-          with tf.control_dependencies([last]):
-            last = tf.reshape(kernel(), [-1])[0]
-        done = last
-    return done
+    for _ in range(repeats):
+      out = one_step()
+    return out
 
   def window():
     start = time.perf_counter()
