@@ -24,3 +24,15 @@ def test_tiny_benchmark_writes_every_key(tmp_path):
   # Softmax regression: 784 x 10 multiply-adds forward, x2 FLOPs, x3 for training.
   assert results["train_flops_per_image"] == 3 * 2 * 784 * 10
   assert "speed-up vs fit" in result.stdout
+
+
+def test_profile_step_lists_the_ops_of_a_step():
+  result = run_module("scripts.profile_step", "--model=softmax", "--steps=5", "--top=5",
+                      timeout=120)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith("softmax, batch 100: ") and "ms/step" in lines[0]
+  ops = lines[1:]
+  assert 1 <= len(ops) <= 5
+  # The forward matmul of the single dense layer is among the costliest ops.
+  assert any("MatMul" in line and "logits" in line for line in ops), ops
