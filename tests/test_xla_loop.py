@@ -64,7 +64,8 @@ def test_xla_loop_trains_like_the_tf_data_loop(model, tmp_path, no_op_determinis
   xla = config_lib.resolve(model, "smoke", {**overrides, "jit_compile": True})
   split = _split(plain)
   reference = _trainer(plain)
-  fused = _trainer(xla, reference.model.get_weights())
+  initial_weights = reference.model.get_weights()
+  fused = _trainer(xla, initial_weights)
   # (The cnn runs this path on GPUs only; it is called directly here.)
   assert fused.loop_in_xla == (model == "mlp") and not reference.loop_in_xla
   iterator = iter(datasets.train_dataset(split, batch_size=plain.batch_size, seed=plain.seed))
@@ -76,10 +77,12 @@ def test_xla_loop_trains_like_the_tf_data_loop(model, tmp_path, no_op_determinis
     np.testing.assert_allclose(float(b["loss"]), float(a["loss"]), rtol=1e-4)
     assert float(b["accuracy"]) == pytest.approx(float(a["accuracy"]), abs=1e-6)
   assert int(fused.optimizer.iterations) == 13
-  for a, b in zip(reference.model.get_weights(), fused.model.get_weights()):
-    np.testing.assert_allclose(b, a, atol=2e-5)
-  initial = _trainer(plain).model  # Other random weights: the comparison above can fail.
-  assert not np.allclose(initial.get_weights()[0], fused.model.get_weights()[0], atol=2e-5)
+  # The two paths round differently (XLA's kernels vs oneDNN's), so compare
+  # how far each moved the weights: the difference must be a tiny fraction
+  # of the distance trained (another batch order gives a fraction near 1).
+  for initial, a, b in zip(initial_weights, reference.model.get_weights(),
+                           fused.model.get_weights()):
+    assert np.linalg.norm(b - a) <= 1e-3 * np.linalg.norm(a - initial)
 
 
 def test_xla_loop_stops_at_the_first_nonfinite_step(tmp_path):
