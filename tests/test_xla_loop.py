@@ -1,5 +1,6 @@
 """The whole-loop XLA path: --jit_compile on one replica, batches gathered from memory."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -63,6 +64,7 @@ def test_xla_loop_trains_like_the_tf_data_loop(model, tmp_path, no_op_determinis
   plain = config_lib.resolve(model, "smoke", overrides)
   xla = config_lib.resolve(model, "smoke", {**overrides, "jit_compile": True})
   split = _split(plain)
+  keras.utils.set_random_seed(0)  # The same initial weights whatever ran before.
   reference = _trainer(plain)
   initial_weights = reference.model.get_weights()
   fused = _trainer(xla, initial_weights)
@@ -78,11 +80,14 @@ def test_xla_loop_trains_like_the_tf_data_loop(model, tmp_path, no_op_determinis
     assert float(b["accuracy"]) == pytest.approx(float(a["accuracy"]), abs=1e-6)
   assert int(fused.optimizer.iterations) == 13
   # The two paths round differently (XLA's kernels vs oneDNN's), so compare
-  # how far each moved the weights: the difference must be a tiny fraction
-  # of the distance trained (another batch order gives a fraction near 1).
-  for initial, a, b in zip(initial_weights, reference.model.get_weights(),
-                           fused.model.get_weights()):
-    assert np.linalg.norm(b - a) <= 1e-3 * np.linalg.norm(a - initial)
+  # how far each moved the weights: their difference as a fraction of the
+  # distance trained. Measured: mlp 3e-7, cnn 0.016 (rounding tips max-pool
+  # choices); the stream shifted by one step: mlp 0.20, cnn 0.41.
+  flat = lambda weights: np.concatenate([w.ravel() for w in weights])
+  initial, a, b = (flat(w) for w in (initial_weights, reference.model.get_weights(),
+                                     fused.model.get_weights()))
+  tolerance = {"mlp": 1e-3, "cnn": 0.08}[model]
+  assert np.linalg.norm(b - a) <= tolerance * np.linalg.norm(a - initial)
 
 
 def test_xla_loop_stops_at_the_first_nonfinite_step(tmp_path):
