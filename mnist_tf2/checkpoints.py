@@ -37,6 +37,16 @@ MISMATCH_ERRORS = (ValueError, AssertionError)
 CHECKPOINT_NAME = "ckpt"
 
 
+class CheckpointMismatch(UserError):
+  """A readable checkpoint that does not hold this model (or optimizer)."""
+
+  def __init__(self, path, reason):
+    super().__init__(f"checkpoint {path} does not fit this model ({reason}); "
+                     "use a new --workdir")
+    self.path = path
+    self.reason = reason
+
+
 def first_line(error) -> str:
   """The gist of an error: its first line without TensorFlow's op decorations."""
   text = str(error).strip()
@@ -115,15 +125,21 @@ class Checkpointer:
             f"unreadable; trying the checkpoint files found there", flush=True)
     return sorted(found, key=checkpoint_step, reverse=True)
 
-  def restore_or_initialize(self):
+  def restore_or_initialize(self, partial=False):
     """Restores the newest readable checkpoint, if there is any.
+
+    Args:
+      partial: the file may hold more than we restore (export and evaluate
+        restore the model alone, not the optimizer); everything we hold must
+        still be found in it.
 
     Returns:
       The path restored, or None if the directory holds no checkpoint.
 
     Raises:
-      UserError: the newest readable checkpoint belongs to another model, or
-        there are checkpoints but none can be read.
+      CheckpointMismatch: the newest readable checkpoint belongs to another
+        model.
+      UserError: there are checkpoints but none can be read.
     """
     candidates = self.candidates()
     for i, path in enumerate(candidates):
@@ -137,10 +153,12 @@ class Checkpointer:
       try:
         # assert_existing_objects_matched: everything we hold must be in the
         # file, so a checkpoint of another model is refused, not half-loaded.
-        self.checkpoint.restore(path).assert_existing_objects_matched()
+        status = self.checkpoint.restore(path)
+        if partial:
+          status.expect_partial()
+        status.assert_existing_objects_matched()
       except MISMATCH_ERRORS as e:
-        raise UserError(f"checkpoint {path} does not fit this model ({first_line(e)}); "
-                        "use a new --workdir") from None
+        raise CheckpointMismatch(path, first_line(e)) from None
       self.latest = path
       return path
     if candidates:

@@ -2,7 +2,8 @@
 
 Used by the commands that work on a finished (or running) training run, such as
 `mnist_tf2.export` and `mnist_tf2.evaluate`. Only the model's weights are
-restored; the optimizer state in the checkpoint is ignored.
+restored, by the same code as training's (with its fallback past an unreadable
+checkpoint); the optimizer state in the checkpoint is ignored.
 """
 
 import contextlib
@@ -15,6 +16,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from mnist_tf2 import checkpoints
 from mnist_tf2 import config as config_lib
 from mnist_tf2 import models
 from mnist_tf2.errors import UserError
@@ -61,37 +63,39 @@ def load_config(workdir: str) -> config_lib.Config:
 
 
 def restore_model(workdir: str) -> Restored:
-  """Builds the run's model and loads the weights of its newest checkpoint.
+  """Builds the run's model and loads the weights of its newest readable checkpoint.
+
+  The restore is training's (`checkpoints.Checkpointer`): an unreadable newest
+  checkpoint is reported and the previous one used.
 
   Raises:
-    UserError: no workdir, no or unreadable config.json, no checkpoint, or a
-      checkpoint that does not hold this model's weights.
+    UserError: no workdir, no or unreadable config.json, no (readable)
+      checkpoint, or a checkpoint that does not hold this model's weights.
   """
   config = load_config(workdir)
   checkpoint_dir = os.path.join(workdir, "checkpoints")
-  path = tf.train.latest_checkpoint(checkpoint_dir)
-  if path is None:
-    raise UserError(f"no checkpoint in {checkpoint_dir}; train first "
-                    f"(python -m mnist_tf2.train --workdir={workdir})")
   model = models.create_model(config)
   # Only the model is asked for: the optimizer state in the file is
-  # deliberately left unread (expect_partial), but every weight of the model
-  # must be found there, so a checkpoint of another model is refused instead of
+  # deliberately left unread (partial), but every weight of the model must be
+  # found there, so a checkpoint of another model is refused instead of
   # half-loaded.
+  checkpointer = checkpoints.Checkpointer(checkpoint_dir, max_to_keep=2, model=model)
   failure = None
   with _tf_warnings_silenced():
     try:
-      status = tf.train.Checkpoint(model=model).restore(path)
-      status.expect_partial()
-      status.assert_existing_objects_matched()
-    except (tf.errors.OpError, ValueError, AssertionError) as e:
-      failure = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      path = checkpointer.restore_or_initialize(partial=True)
+    except checkpoints.CheckpointMismatch as e:
+      failure = e
     # A restore that failed half-way (a shape mismatch) never got its
     # expect_partial(): its deleter would list every unread checkpoint value
     # as warnings after our one-line error. Collect it here, in silence.
     gc.collect()
   if failure:
-    raise UserError(f"cannot restore the {config.model} model from {path}: {failure}")
+    raise UserError(f"cannot restore the {config.model} model from {failure.path}: "
+                    f"{failure.reason}")
+  if path is None:
+    raise UserError(f"no checkpoint in {checkpoint_dir}; train first "
+                    f"(python -m mnist_tf2.train --workdir={workdir})")
   return Restored(config, model, path, _global_step(path))
 
 

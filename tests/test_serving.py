@@ -470,3 +470,17 @@ def test_a_failing_save_is_one_line_and_leaves_no_staging_dir(tmp_path, monkeypa
                      "device$"):
     export.export_model(models.create_model(config), config, str(tmp_path / "export"))
   assert os.listdir(tmp_path) == []
+
+
+def test_export_falls_back_past_an_unreadable_newest_checkpoint(tmp_path, capsys):
+  """The commands restore as training does: a damaged newest checkpoint is skipped."""
+  config = config_lib.resolve("softmax", "smoke", {"workdir": str(tmp_path / "workdir")})
+  loop.train_and_evaluate(config)
+  newest = os.path.join(config.workdir, "checkpoints", "ckpt-20")
+  data = f"{newest}.data-00000-of-00001"
+  os.truncate(data, os.path.getsize(data) // 2)
+  capsys.readouterr()
+  restored = export.export_workdir(config.workdir, str(tmp_path / "export"))
+  assert restored.step == 10 and restored.checkpoint.endswith("ckpt-10")
+  assert re.search(r"ckpt-20 is unreadable .*; falling back to ckpt-10", capsys.readouterr().out)
+  assert export.is_saved_model(str(tmp_path / "export"))
