@@ -13,11 +13,13 @@ training set, train is the rest, test is the official test set.
 
 The pipelines keep those arrays in memory and shuffle *indices*, gathering and
 normalising a whole batch at a time: cheap per step. The order is a function of
-the seed alone, so a run resumed at step s starts reading at example s * batch
-(see `train_dataset(start=...)`): nothing of the pipeline needs checkpointing. Training batches may be
-randomly distorted (`Augmentation`: shift, rotation, zoom, elastic), with
-stateless randomness keyed by (seed, position in the stream) so that a resumed
-run sees the same distortions; evaluation batches never are.
+the seed alone (`stream_indices`), so a run resumed at step s starts reading at
+example s * batch (see `train_dataset(start=...)`): nothing of the pipeline
+needs checkpointing, and the XLA training loop (trainer.py) can gather the very
+same batches itself. Training batches may be randomly distorted
+(`Augmentation`: shift, rotation, zoom, elastic), with stateless randomness
+keyed by (seed, position in the stream) so that a resumed run sees the same
+distortions; evaluation batches never are.
 """
 
 import math

@@ -7,10 +7,11 @@ serves one CPU, many GPUs and many machines. The global step is
 `optimizer.iterations`.
 
 With `--jit_compile` on one replica, no augmentation and, on a CPU, no
-convolutions, `loop_in_xla` is set and `train_loop_in_memory(images, labels, num_steps)` runs instead: the whole
-chunk -- gathering each batch from the training set held in memory, forward,
-backward, update -- is one XLA program, with no per-step dispatch at all.
-It reads the same stream of examples (`datasets.stream_indices`).
+convolutions, `loop_in_xla` is set and `train_loop_in_memory(images, labels,
+num_steps)` runs instead: the whole chunk -- gathering each batch from the
+training set held in memory, forward, backward, update -- is one XLA program,
+with no per-step dispatch at all. It reads the same stream of examples
+(`datasets.stream_indices`).
 """
 
 import keras
@@ -57,7 +58,7 @@ class Trainer:
     # The tf.data pipeline costs ~0.1 ms of CPU a batch and each step's ops
     # their own dispatch: on the small models that is most of a step. When
     # nothing stands in the way -- one replica (no all-reduce), no augmentation
-    # (ImageProjectiveTransform has no XLA kernel) -- the whole chunk is one XLA
+    # (ImageProjectiveTransformV3 has no XLA kernel) -- the whole chunk is one XLA
     # program reading the training set from memory: 2.3x the images/s of the
     # 128/32 MLP (README, Performance). Not for convolutions on a CPU: inside
     # an XLA loop there they ran 70x slower (32 images/s, the cnn here), and

@@ -62,7 +62,8 @@ flags.DEFINE_bool("tiny", False, "A few steps on fake data: checks that everythi
 flags.DEFINE_integer("batch_size", 100, "Batch size of every training row.")
 flags.DEFINE_integer("rounds", 5, "Alternating measurement rounds (medians are reported).")
 flags.DEFINE_integer("window_steps", 0, "Training steps per timed window (0: per model).")
-flags.DEFINE_bool("extra_rows", True, "Also measure our loop with --jit_compile and with --mixed_precision.")
+flags.DEFINE_bool("extra_rows", True, "Also measure our loop with the other --jit_compile "
+                  "setting and with --mixed_precision.")
 FLAGS = flags.FLAGS
 
 # Steps per timed window: a few seconds each on 2 cores.
@@ -268,7 +269,8 @@ def keras_fit(config, split, window_steps, steps_per_execution, jit_compile):
   model.compile(optimizer=optimizers.create_optimizer(config),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 # Our loop reports accuracy too: the same work on both sides.
-                metrics=["accuracy"], steps_per_execution=steps_per_execution, jit_compile=jit_compile)
+                metrics=["accuracy"], steps_per_execution=steps_per_execution,
+                jit_compile=jit_compile)
   data = datasets.train_dataset(split, batch_size=config.batch_size, seed=config.seed)
   timer = _EpochTimer()
 
