@@ -348,8 +348,6 @@ def train_dataset(split: Split, *, batch_size: int, seed: int, start: int = 0,
   pipelines, pipeline = ((input_context.num_input_pipelines, input_context.input_pipeline_id)
                          if input_context else (1, 0))
   gather = _gather_fn(split)
-  # A stream of keys of its own for the distortions, apart from the shuffle's.
-  augment_seed = tf.constant([seed, _AUGMENT_STREAM], tf.int64)
 
   def batch(k):
     # The positions of this pipeline's k-th batch, computed as a whole: one
@@ -358,12 +356,7 @@ def train_dataset(split: Split, *, batch_size: int, seed: int, start: int = 0,
         k * batch_size + tf.range(batch_size, dtype=tf.int64))
     images, labels = gather(stream_indices(positions, num_examples, seed))
     if augmentation is not None:
-      # Keyed by the stream position of the batch's first example, a pure
-      # function of (seed, step) like the indices: a run resumed at a step
-      # draws exactly the distortions an uninterrupted one would, with no RNG
-      # state to save, and each replica's share of a step its own.
-      images = augment_batch(images, tf.random.fold_in(augment_seed, positions[0]),
-                             augmentation)
+      images = augment_batch(images, augment_key(seed, positions[0]), augmentation)
     return images, labels
 
   return (tf.data.Dataset.counter()
@@ -432,7 +425,54 @@ def augment_batch(images, seed, augmentation: Augmentation):
   batch = tf.shape(images)[0]
   height, width = images.shape[1], images.shape[2]
   affine_seed, elastic_seed = tf.unstack(tf.random.split(seed, 2))
-  draws = tf.random.stateless_uniform([batch, 4], affine_seed, -1.0, 1.0)
+  transforms = _affine_transforms(batch, height, width, affine_seed, augmentation)
+  if not augmentation.elastic_alpha:
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=[height, width],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+  displacement_y, displacement_x = _elastic_displacements(
+      batch, height, width, augmentation.elastic_alpha, augmentation.elastic_sigma,
+      elastic_seed)
+  source_y, source_x = _affine_sources(transforms, height, width)
+  return _bilinear_sample(images, source_y + displacement_y, source_x + displacement_x)
+
+
+def augment_key(seed: int, first_position):
+  """The stateless key of a batch's distortions, from its first stream position.
+
+  A pure function of (seed, step) like the example indices: a run resumed at a
+  step draws exactly the distortions an uninterrupted one would, with no RNG
+  state to save, and each replica's share of a step its own.
+  """
+  return tf.random.fold_in(tf.constant([seed, _AUGMENT_STREAM], tf.int64), first_position)
+
+
+def affine_transforms(batch_size: int, key, augmentation: Augmentation):
+  """The shift/rotation/zoom `augment_batch(images, key, ...)` applies to a batch.
+
+  For the XLA training loop (trainer.py): the random draws are made here, by
+  the same kernels as in tf.data, and `warp` applies them inside XLA, which has
+  no ImageProjectiveTransformV3. Elastic distortion is not covered.
+
+  Returns:
+    float32 [batch_size, 8], one ImageProjectiveTransformV3 row per image.
+  """
+  affine_seed, _ = tf.unstack(tf.random.split(key, 2))
+  height, width = IMAGE_SHAPE[0], IMAGE_SHAPE[1]
+  return _affine_transforms(batch_size, height, width, affine_seed, augmentation)
+
+
+def warp(images, transforms):
+  """ImageProjectiveTransformV3 (bilinear, zero outside) by gathers, which XLA compiles.
+
+  Equal to it to float rounding (tested).
+  """
+  source_y, source_x = _affine_sources(transforms, images.shape[1], images.shape[2])
+  return _bilinear_sample(images, source_y, source_x)
+
+
+def _affine_transforms(batch, height, width, seed, augmentation):
+  draws = tf.random.stateless_uniform([batch, 4], seed, -1.0, 1.0)
   angle = draws[:, 0] * (augmentation.rotation * math.pi / 180.0)
   zoom = 1.0 + draws[:, 1] * augmentation.scale
   shift_x = draws[:, 2] * augmentation.shift
@@ -447,25 +487,16 @@ def augment_batch(images, seed, augmentation: Augmentation):
   a0, a1, b0, b1 = cos, sin, -sin, cos
   a2 = center_x - a0 * from_x - a1 * from_y
   b2 = center_y - b0 * from_x - b1 * from_y
+  no_projection = tf.zeros_like(a0)
+  return tf.stack([a0, a1, a2, b0, b1, b2, no_projection, no_projection], axis=1)
 
-  if not augmentation.elastic_alpha:
-    no_projection = tf.zeros_like(a0)
-    transforms = tf.stack([a0, a1, a2, b0, b1, b2, no_projection, no_projection], axis=1)
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=[height, width],
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
 
-  def per_image(values):
-    return values[:, tf.newaxis, tf.newaxis]
-
+def _affine_sources(transforms, height, width):
+  """The input positions (y', x') [batch, height, width] each output pixel reads."""
   grid_y, grid_x = tf.meshgrid(tf.range(height, dtype=tf.float32),
                                tf.range(width, dtype=tf.float32), indexing="ij")
-  displacement_y, displacement_x = _elastic_displacements(
-      batch, height, width, augmentation.elastic_alpha, augmentation.elastic_sigma,
-      elastic_seed)
-  source_x = per_image(a0) * grid_x + per_image(a1) * grid_y + per_image(a2)
-  source_y = per_image(b0) * grid_x + per_image(b1) * grid_y + per_image(b2)
-  return _bilinear_sample(images, source_y + displacement_y, source_x + displacement_x)
+  a0, a1, a2, b0, b1, b2 = tf.unstack(transforms[:, :6, tf.newaxis, tf.newaxis], axis=1)
+  return b0 * grid_x + b1 * grid_y + b2, a0 * grid_x + a1 * grid_y + a2
 
 
 def _elastic_displacements(batch, height, width, alpha, sigma, seed):

@@ -6,12 +6,12 @@ written for a single replica and run through `strategy.run`, so the same code
 serves one CPU, many GPUs and many machines. The global step is
 `optimizer.iterations`.
 
-With `--jit_compile` on one replica, no augmentation and, on a CPU, no
+With `--jit_compile` on one replica, no elastic distortion and, on a CPU, no
 convolutions, `loop_in_xla` is set and `train_loop_in_memory(images, labels,
 num_steps)` runs instead: the whole chunk -- gathering each batch from the
-training set held in memory, forward, backward, update -- is one XLA program,
-with no per-step dispatch at all. It reads the same stream of examples
-(`datasets.stream_indices`).
+training set held in memory, distorting it, forward, backward, update -- is one
+XLA program, with no per-step dispatch at all. It reads the same stream of
+examples (`datasets.stream_indices`) with the same distortions.
 """
 
 import keras
@@ -57,18 +57,20 @@ class Trainer:
     self.train_loop = tf.function(self._iterator_loop)
     # The tf.data pipeline costs ~0.1 ms of CPU a batch and each step's ops
     # their own dispatch: on the small models that is most of a step. When
-    # nothing stands in the way -- one replica (no all-reduce), no augmentation
-    # (ImageProjectiveTransformV3 has no XLA kernel) -- the whole chunk is one XLA
-    # program reading the training set from memory: 2.3x the images/s of the
-    # 128/32 MLP (README, Performance). Not for convolutions on a CPU: inside
-    # an XLA loop there they ran 70x slower (32 images/s, the cnn here), and
-    # even alone XLA's CPU convolutions run at half speed, so the cnn presets
-    # leave --jit_compile off.
+    # nothing stands in the way -- one replica (no all-reduce), no elastic
+    # distortion (its Gaussian smoothing is a convolution) -- the whole chunk is
+    # one XLA program reading the training set from memory: 2.3x the images/s
+    # of the 128/32 MLP (README, Performance). Not for convolutions on a CPU:
+    # inside an XLA loop there they ran 70x slower (32 images/s, the cnn
+    # here), and even alone XLA's CPU convolutions run at half speed, so the
+    # cnn presets leave --jit_compile off.
     on_cpu = not tf.config.list_logical_devices("GPU") and not tf.config.list_logical_devices(
         "TPU")
     has_convolutions = any(isinstance(layer, keras.layers.Conv2D) for layer in model.layers)
+    self.augmentation = datasets.Augmentation.from_config(config)
     self.loop_in_xla = (config.jit_compile and strategy.num_replicas_in_sync == 1
-                        and not config.augment and not (on_cpu and has_convolutions))
+                        and not (self.augmentation and self.augmentation.elastic_alpha)
+                        and not (on_cpu and has_convolutions))
     self._in_memory_loop = tf.function(self._in_memory_loop_fn, jit_compile=True)
     self._chunk_loop = tf.function(self._chunk_loop_fn)
     self._eval_loop = tf.function(self._eval_loop_fn)
@@ -173,11 +175,22 @@ class Trainer:
     positions = ((step + tf.range(max_steps, dtype=tf.int64))[:, tf.newaxis] * batch_size
                  + tf.range(batch_size, dtype=tf.int64))
     indices = datasets.stream_indices(positions, images.shape[0], self.config.seed)
-    return self._in_memory_loop(images, labels, indices, num_steps)
+    transforms = None
+    if self.augmentation:
+      # Drawn here, as tf.data draws them (XLA's random bits differ), keyed by
+      # each step's first stream position; XLA only applies them.
+      transforms = tf.map_fn(
+          lambda first: datasets.affine_transforms(
+              batch_size, datasets.augment_key(self.config.seed, first), self.augmentation),
+          positions[:, 0], fn_output_signature=tf.float32)
+    return self._in_memory_loop(images, labels, indices, transforms, num_steps)
 
-  def _in_memory_loop_fn(self, images, labels, indices, num_steps):
+  def _in_memory_loop_fn(self, images, labels, indices, transforms, num_steps):
     def next_batch(i):
-      return datasets.normalize(tf.gather(images, indices[i])), tf.gather(labels, indices[i])
+      batch_images = datasets.normalize(tf.gather(images, indices[i]))
+      if transforms is not None:
+        batch_images = datasets.warp(batch_images, transforms[i])
+      return batch_images, tf.gather(labels, indices[i])
     return self._loop(next_batch, num_steps)
 
   def _loop(self, next_batch, num_steps):
