@@ -94,11 +94,11 @@ class Config:
                     "TPU VM or the one in the environment).")
   mixed_precision: bool = _field(False, "Compute in 16-bit floats: mixed_float16 with loss "
                                  "scaling on GPU, mixed_bfloat16 on CPU/TPU.")
-  jit_compile: bool = _field(False, "Compile with XLA: on one replica without --augment "
-                             "(and, on a CPU, not the cnn), each chunk of --steps_per_loop "
-                             "steps (batches gathered from memory, forward, backward, "
-                             "update) is one XLA program; otherwise each replica's forward "
-                             "and backward pass.")
+  jit_compile: bool = _field(False, "Compile with XLA: on one replica without elastic "
+                             "distortion (and, on a CPU, not the cnn), each chunk of "
+                             "--steps_per_loop steps (batches gathered from memory and "
+                             "distorted, forward, backward, update) is one XLA program; "
+                             "otherwise each replica's forward and backward pass.")
 
   # Data augmentation (training only; each strength at 0 turns its distortion off).
   augment: bool = _field(False, "Randomly distort training images (never evaluation ones) "
