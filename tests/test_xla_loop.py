@@ -143,3 +143,32 @@ def test_deterministic_xla_cnn_is_refused(tmp_path):
                                         "jit_compile": True})
   config_lib.resolve("mlp", "smoke", {"workdir": str(tmp_path), "deterministic": True,
                                       "jit_compile": True})
+
+
+def test_xla_loop_measures_the_gradient_norm_of_its_last_step(tmp_path):
+  # SGD: no optimizer state to reset between the two runs below.
+  config = config_lib.resolve("mlp", "smoke", {"workdir": str(tmp_path), "jit_compile": True,
+                                               "optimizer": "sgd", "learning_rate": 0.1})
+  split = _split(config)
+  trainer = _trainer(config)
+  model, batch = trainer.model, config.batch_size
+  images, labels = tf.constant(split.images), tf.constant(split.labels)
+  initial = model.get_weights()
+  # The third step reads stream positions 2 * batch .. 3 * batch - 1.
+  third = datasets.stream_indices(2 * batch + np.arange(batch), len(split.labels), config.seed)
+  third_images = datasets.normalize(tf.gather(images, third))
+
+  def norm_now():
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(trainer_lib.cross_entropy(tf.gather(labels, third),
+                                                      model(third_images)))
+    return float(tf.linalg.global_norm(tape.gradient(loss, model.trainable_variables)))
+
+  before = norm_now()
+  trainer.train_loop_in_memory(images, labels, tf.constant(2, tf.int64))
+  expected = norm_now()
+  model.set_weights(initial)
+  trainer.optimizer.iterations.assign(0)
+  out = trainer.train_loop_in_memory(images, labels, tf.constant(3, tf.int64))
+  np.testing.assert_allclose(float(out["gradient_norm"]), expected, rtol=1e-4)
+  assert abs(before - expected) > 1e-3 * before  # Two steps of training changed it.
