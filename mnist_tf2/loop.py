@@ -206,20 +206,7 @@ def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, sta
   # The input position is step * global batch: the step is the whole input
   # state, so a checkpoint resumes under any strategy and replica count
   # (a distributed iterator cannot be checkpointed anyway).
-  if trainer.loop_in_xla:
-    # Each chunk is one XLA program that gathers its own batches from the
-    # training set in memory, at the same positions (trainer.py).
-    train_images, train_labels = (tf.constant(splits.train.images),
-                                  tf.constant(splits.train.labels))
-    run_chunk = lambda num_steps: trainer.train_loop_in_memory(train_images, train_labels,
-                                                              num_steps)
-  else:
-    iterator = iter(strategy.distribute_datasets_from_function(
-        lambda ctx: datasets.train_dataset(
-            splits.train, batch_size=ctx.get_per_replica_batch_size(config.batch_size),
-            seed=config.seed, start=step * config.batch_size, input_context=ctx,
-            augmentation=datasets.Augmentation.from_config(config))))
-    run_chunk = lambda num_steps: trainer.train_loop(iterator, num_steps)
+  run_chunk = trainer.chunk_runner(splits.train)
   # Evaluation batches may be short (every example counts once), so the
   # per-replica share is rounded up rather than required to divide evenly.
   eval_batch = -(-config.eval_batch_size // replicas)

@@ -147,6 +147,25 @@ class Trainer:
   def _iterator_loop(self, iterator, num_steps):
     return self._loop(lambda i: next(iterator), num_steps)
 
+  def chunk_runner(self, split):
+    """Returns `run(num_steps)`: the next `num_steps` steps on `split`, as `train_loop` does.
+
+    The input starts where the optimizer's step says (position = step * global
+    batch), so create it after any restore. With `loop_in_xla` the XLA loop
+    gathers its batches from `split` in memory; otherwise a distributed
+    tf.data iterator feeds `train_loop`.
+    """
+    if self.loop_in_xla:
+      images, labels = tf.constant(split.images), tf.constant(split.labels)
+      return lambda num_steps: self.train_loop_in_memory(images, labels, num_steps)
+    start = int(self.optimizer.iterations.numpy()) * self.config.batch_size
+    iterator = iter(self.strategy.distribute_datasets_from_function(
+        lambda ctx: datasets.train_dataset(
+            split, batch_size=ctx.get_per_replica_batch_size(self.config.batch_size),
+            seed=self.config.seed, start=start, input_context=ctx,
+            augmentation=self.augmentation)))
+    return lambda num_steps: self.train_loop(iterator, num_steps)
+
   def train_loop_in_memory(self, images, labels, num_steps):
     """`train_loop` for `loop_in_xla`: batches gathered from the training set in memory.
 

@@ -80,12 +80,17 @@ def peak_rss_mb() -> float:
 # --- FLOPs -----------------------------------------------------------------------------------
 
 
+def forward_flop_ops(model, batch_size):
+  """The MatMul and Conv2D ops of the model's forward pass, traced at `batch_size`."""
+  graph = tf.function(lambda images: model(images, training=False)).get_concrete_function(
+      tf.TensorSpec([batch_size, 28, 28, 1], tf.float32)).graph
+  return [op for op in graph.get_operations() if op.type in ("MatMul", "Conv2D")]
+
+
 def forward_macs_per_image(model) -> int:
   """Multiply-accumulates of one image's forward pass, from the traced graph."""
-  graph = tf.function(lambda images: model(images, training=False)).get_concrete_function(
-      tf.TensorSpec([1, 28, 28, 1], tf.float32)).graph
   macs = 0
-  for op in graph.get_operations():
+  for op in forward_flop_ops(model, 1):
     if op.type == "MatMul":
       a, b = (t.shape.as_list() for t in op.inputs)
       rows = a[1] if op.get_attr("transpose_a") else a[0]
@@ -106,13 +111,10 @@ def flop_kernels(model, batch_size):
   needs no input gradient), on random tensors of the training shapes.
 
   Returns:
-    (list of zero-argument functions, each running one kernel; their FLOPs).
+    A list of zero-argument functions, each running one kernel.
   """
-  graph = tf.function(lambda images: model(images, training=False)).get_concrete_function(
-      tf.TensorSpec([batch_size, 28, 28, 1], tf.float32)).graph
-  ops = [op for op in graph.get_operations() if op.type in ("MatMul", "Conv2D")]
-  kernels, flops = [], 0
-  for i, op in enumerate(ops):
+  kernels = []
+  for i, op in enumerate(forward_flop_ops(model, batch_size)):
     x_shape, w_shape = (t.shape.as_list() for t in op.inputs)
     y_shape = op.outputs[0].shape.as_list()
     x, w, dy = (tf.Variable(tf.random.normal(shape)) for shape in (x_shape, w_shape, y_shape))
@@ -121,7 +123,6 @@ def flop_kernels(model, batch_size):
       fwd = lambda x=x, w=w: tf.matmul(x, w)
       d_w = lambda x=x, dy=dy: tf.matmul(x, dy, transpose_a=True)
       d_x = lambda w=w, dy=dy: tf.matmul(dy, w, transpose_b=True)
-      macs = x_shape[0] * x_shape[1] * w_shape[1]
     else:
       strides, padding = op.get_attr("strides"), op.get_attr("padding").decode()
       fwd = lambda x=x, w=w: tf.nn.conv2d(x, w, strides, padding)
@@ -129,10 +130,8 @@ def flop_kernels(model, batch_size):
           input=x, filter_sizes=w_shape, out_backprop=dy, strides=strides, padding=padding)
       d_x = lambda w=w, dy=dy, x_shape=x_shape: tf.raw_ops.Conv2DBackpropInput(
           input_sizes=x_shape, filter=w, out_backprop=dy, strides=strides, padding=padding)
-      macs = int(np.prod(y_shape)) * w_shape[0] * w_shape[1] * w_shape[2]
     kernels += [fwd, d_w] + ([d_x] if i else [])
-    flops += 2 * macs * (3 if i else 2)
-  return kernels, flops
+  return kernels
 
 
 def kernel_floor_window(model, batch_size, repeats):
@@ -142,7 +141,7 @@ def kernel_floor_window(model, batch_size, repeats):
     (window function, images per window): the time training would take if
     everything but these kernels were free.
   """
-  kernels, _ = flop_kernels(model, batch_size)
+  kernels = flop_kernels(model, batch_size)
 
   @tf.function
   def one_step():
@@ -205,15 +204,7 @@ def our_loop(config, split, window_steps):
     optimizer = optimizers.create_optimizer(config)
     optimizer.build(model.trainable_variables)
   trainer = trainer_lib.Trainer(config, strategy, model, optimizer)
-  if trainer.loop_in_xla:
-    images, labels = tf.constant(split.images), tf.constant(split.labels)
-    run_chunk = lambda n: trainer.train_loop_in_memory(images, labels, n)
-  else:
-    iterator = iter(strategy.distribute_datasets_from_function(
-        lambda ctx: datasets.train_dataset(
-            split, batch_size=ctx.get_per_replica_batch_size(config.batch_size),
-            seed=config.seed, input_context=ctx)))
-    run_chunk = lambda n: trainer.train_loop(iterator, n)
+  run_chunk = trainer.chunk_runner(split)
 
   def run(num_steps):
     out = run_chunk(tf.constant(num_steps, tf.int64))
