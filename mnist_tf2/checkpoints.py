@@ -24,6 +24,7 @@ import threading
 import tensorflow as tf
 
 from mnist_tf2.errors import UserError
+from mnist_tf2.errors import first_line
 
 # What a truncated or missing file raises while reading a checkpoint: an OpError
 # (NotFound, DataLoss, ...) from the index or a CRC check, or IndexError ("Read
@@ -45,13 +46,6 @@ class CheckpointMismatch(UserError):
                      "use a new --workdir")
     self.path = path
     self.reason = reason
-
-
-def first_line(error) -> str:
-  """The gist of an error: its first line without TensorFlow's op decorations."""
-  text = str(error).strip()
-  text = text.splitlines()[0] if text else type(error).__name__
-  return re.sub(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]$", "", text)
 
 
 def read_all_tensors(path) -> None:

@@ -19,6 +19,7 @@ import os
 import pathlib
 from typing import Any
 
+from mnist_tf2 import constants
 from mnist_tf2.errors import UserError
 
 
@@ -135,7 +136,7 @@ class Config:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
-EVAL_SPLITS = ("train", "validation", "test")
+EVAL_SPLITS = constants.SPLITS
 
 # Largest --augment_elastic_sigma, pixels: half the image.
 MAX_ELASTIC_SIGMA = 14.0

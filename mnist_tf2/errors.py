@@ -1,6 +1,7 @@
 """The one error type users see as a single line instead of a traceback."""
 
 import contextlib
+import re
 import sys
 
 
@@ -30,6 +31,14 @@ class Preempted(Exception):
     super().__init__(f"stopped by signal {signum}")
     self.signum = signum
     self.exit_code = 128 + signum
+
+
+def first_line(error) -> str:
+  """The gist of an exception for a one-line message: its first line, without
+  TensorFlow's op decorations; the exception's type name if it has no text."""
+  text = str(error).strip()
+  text = text.splitlines()[0] if text else type(error).__name__
+  return re.sub(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]$", "", text)
 
 
 @contextlib.contextmanager

@@ -26,13 +26,15 @@ from absl import logging
 import tensorflow as tf
 
 from mnist_tf2 import datasets
+from mnist_tf2.constants import IMAGE_SHAPE
 from mnist_tf2 import models
 from mnist_tf2 import restore
 from mnist_tf2.errors import UserError
+from mnist_tf2.errors import first_line
 from mnist_tf2.errors import one_line_errors
 
 SIGNATURE_KEY = "serving_default"
-IMAGES_SPEC = tf.TensorSpec([None, *datasets.IMAGE_SHAPE], tf.uint8, name="images")
+IMAGES_SPEC = tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name="images")
 
 
 class ServingModule(tf.Module):
@@ -60,6 +62,7 @@ class ServingModule(tf.Module):
 
 
 def is_saved_model(path: str) -> bool:
+  """Whether directory `path` holds a SavedModel (its saved_model.pb or .pbtxt)."""
   return any(os.path.isfile(os.path.join(path, name))
              for name in ("saved_model.pb", "saved_model.pbtxt"))
 
@@ -118,7 +121,7 @@ def export_model(model, config, export_dir: str, overwrite: bool = False) -> Non
     _swap_in(staging, export_dir)
   except (OSError, tf.errors.OpError) as e:
     # tf.saved_model.save reports a full or unwritable disk as an OpError.
-    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
     raise UserError(f"cannot write the SavedModel to {export_dir}: {reason}") from None
   finally:
     if staging:

@@ -10,7 +10,7 @@ import math
 import keras
 import tensorflow as tf
 
-NUM_CLASSES = 10
+from mnist_tf2.constants import NUM_CLASSES
 
 
 class SoftmaxRegression(keras.Model):

@@ -33,8 +33,11 @@ from PIL import ImageOps
 from PIL import UnidentifiedImageError
 import tensorflow as tf
 
+from mnist_tf2.constants import NUM_CLASSES
 from mnist_tf2.errors import UserError
+from mnist_tf2.errors import first_line
 from mnist_tf2.errors import one_line_errors
+from mnist_tf2.export import is_saved_model
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF")
 # Far beyond any photo of a digit; refused before decoding, so a decompression
@@ -51,7 +54,6 @@ NOISE_FLOOR = 0.1
 # A peak contrast below this many grey levels (of 255) is taken as a blank image.
 MIN_CONTRAST = 24
 PREDICT_BATCH = 256
-NUM_CLASSES = 10
 
 
 # --- Image files -> MNIST images -----------------------------------------------------------
@@ -96,8 +98,7 @@ def read_image(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     raise UserError("permission denied") from None
   except (OSError, SyntaxError, ValueError, EOFError) as e:
     # Pillow reports broken and truncated files with any of these.
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise UserError(f"cannot decode the image: {reason}") from None
+    raise UserError(f"cannot decode the image: {first_line(e)}") from None
 
 
 def _greyscale(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
@@ -206,16 +207,14 @@ class Classifier:
   """The `serving_default` signature of an exported model."""
 
   def __init__(self, export_dir: str):
-    if not any(os.path.isfile(os.path.join(export_dir, name))
-               for name in ("saved_model.pb", "saved_model.pbtxt")):
+    if not is_saved_model(export_dir):
       raise UserError(f"--export_dir={export_dir} holds no SavedModel (no saved_model.pb); "
                       "create one with python -m mnist_tf2.export")
     try:
       # Kept on self: the signature's variables live only as long as this object.
       self.loaded = tf.saved_model.load(export_dir)
     except (OSError, ValueError, tf.errors.OpError) as e:
-      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise UserError(f"cannot load the SavedModel in {export_dir}: {first_line}") from None
+      raise UserError(f"cannot load the SavedModel in {export_dir}: {first_line(e)}") from None
     signature = self.loaded.signatures.get("serving_default")
     inputs = signature.structured_input_signature[1] if signature is not None else {}
     spec = inputs.get("images")
