@@ -2,8 +2,6 @@
 
 import json
 import os
-import shutil
-import tempfile
 
 import tensorflow as tf
 
@@ -147,22 +145,3 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   That is the "chief" task if the cluster has one, else worker 0.
   """
   return strategy.extended.should_checkpoint
-
-
-def worker_workdir(workdir: str, strategy: tf.distribute.Strategy) -> str:
-  """The directory this worker writes to.
-
-  Every worker must take part in saving a checkpoint (the save is a collective
-  op), but only the chief's copy is kept: the others write to a temporary
-  directory they delete afterwards (see `cleanup_worker_workdir`), as TF's
-  multi-worker guide prescribes.
-  """
-  if is_chief(strategy):
-    return workdir
-  resolver = strategy.cluster_resolver
-  return tempfile.mkdtemp(prefix=f"mnist_tf2_{resolver.task_type}{resolver.task_id}_")
-
-
-def cleanup_worker_workdir(path: str, workdir: str) -> None:
-  if path != workdir:
-    shutil.rmtree(path, ignore_errors=True)

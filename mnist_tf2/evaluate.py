@@ -13,17 +13,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
-import numpy as np
 import tensorflow as tf
 
 from mnist_tf2 import datasets
-from mnist_tf2 import loop
 from mnist_tf2 import restore
+from mnist_tf2 import trainer as trainer_lib
+from mnist_tf2.constants import NUM_CLASSES
+from mnist_tf2.constants import SPLIT_TITLES
+from mnist_tf2.constants import SPLITS
 from mnist_tf2.errors import UserError
 from mnist_tf2.errors import one_line_errors
-from mnist_tf2.models import NUM_CLASSES
-
-SPLITS = ("train", "validation", "test")
+from mnist_tf2.metrics import Metrics
+from mnist_tf2.metrics import format_confusion
+from mnist_tf2.metrics import format_eval
 
 
 def parse_splits(text: str) -> list[str]:
@@ -37,37 +39,42 @@ def parse_splits(text: str) -> list[str]:
   return list(dict.fromkeys(names))  # Drops repeats, keeps the order given.
 
 
-def confusion_matrix(model, dataset: tf.data.Dataset) -> np.ndarray:
-  """Counts (label, prediction) pairs over a finite dataset of (images, labels)."""
+class Evaluator:
+  """Evaluates a model on every example of a finite dataset exactly once.
+
+  Training calls it on its distributed evaluation datasets, this command on
+  a plain one (the default strategy).
+  """
+
+  def __init__(self, model, strategy=None):
+    self.model = model
+    self.strategy = strategy or tf.distribute.get_strategy()
+
+  def __call__(self, dataset) -> Metrics:
+    """Returns the `Metrics` of `dataset`, with its confusion matrix."""
+    loss_sum, matrix = self._run(dataset)
+    return Metrics.from_confusion(loss_sum.numpy(), matrix.numpy())
+
+  def eval_step(self, images, labels):
+    """This replica's summed loss and confusion matrix on one batch."""
+    logits = tf.cast(self.model(images, training=False), tf.float32)
+    loss = tf.reduce_sum(trainer_lib.cross_entropy(labels, logits))
+    predictions = tf.argmax(logits, -1, output_type=tf.int32)
+    matrix = tf.math.confusion_matrix(labels, predictions, num_classes=NUM_CLASSES,
+                                      dtype=tf.int64)
+    return loss, matrix
 
   @tf.function
-  def count(dataset):
+  def _run(self, dataset):
+    loss_sum = tf.constant(0.0)
     matrix = tf.zeros([NUM_CLASSES, NUM_CLASSES], tf.int64)
     for images, labels in dataset:
-      predictions = tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
-      matrix += tf.math.confusion_matrix(labels, predictions, num_classes=NUM_CLASSES,
-                                         dtype=tf.int64)
-    return matrix
-
-  return count(dataset).numpy()
-
-
-def metrics_from_confusion(matrix: np.ndarray) -> dict:
-  """The counts `loop.format_eval` prints: examples, correct (the diagonal), accuracy."""
-  num_examples = int(matrix.sum())
-  num_correct = int(np.trace(matrix))
-  return {"num_examples": num_examples, "num_correct": num_correct,
-          "accuracy": num_correct / max(num_examples, 1)}
-
-
-def format_confusion(matrix: np.ndarray) -> str:
-  """A text table: one row per true label, one column per predicted label."""
-  width = max(5, len(str(int(matrix.max()))) + 1)
-  lines = ["  Confusion matrix (rows: label, columns: prediction):",
-           "     " + "".join(f"{p:>{width}}" for p in range(NUM_CLASSES))]
-  for label, row in enumerate(matrix):
-    lines.append(f"  {label:>2} " + "".join(f"{int(n):>{width}}" for n in row))
-  return "\n".join(lines)
+      batch_loss, batch_matrix = (
+          self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+          for value in self.strategy.run(self.eval_step, args=(images, labels)))
+      loss_sum += batch_loss
+      matrix += batch_matrix
+    return loss_sum, matrix
 
 
 def evaluate_workdir(workdir: str, splits=SPLITS) -> dict:
@@ -83,17 +90,19 @@ def evaluate_workdir(workdir: str, splits=SPLITS) -> dict:
   print(f"Evaluating the {config.model} model of {restored.checkpoint}{step} on "
         f"--data_source={config.data_source}")
   data = datasets.load_splits(config)._asdict()
+  evaluator = Evaluator(restored.model)
   results = {}
   for name in splits:
     split = data[name]
     if not len(split.labels):
-      print(f"{loop.SPLIT_TITLES[name]} Data Eval: the split is empty, skipped")
+      print(f"{SPLIT_TITLES[name]} Data Eval: the split is empty, skipped")
       continue
-    matrix = confusion_matrix(restored.model, datasets.eval_dataset(
-        split, batch_size=config.eval_batch_size))
-    results[name] = {**metrics_from_confusion(matrix), "confusion_matrix": matrix.tolist()}
-    print(loop.format_eval(name, results[name]))
-    print(format_confusion(matrix), flush=True)
+    metrics = evaluator(datasets.eval_dataset(split, batch_size=config.eval_batch_size))
+    results[name] = {"num_examples": metrics.num_examples, "num_correct": metrics.num_correct,
+                     "accuracy": metrics.accuracy,
+                     "confusion_matrix": metrics.confusion_matrix.tolist()}
+    print(format_eval(name, results[name]))
+    print(format_confusion(metrics.confusion_matrix), flush=True)
   return results
 
 

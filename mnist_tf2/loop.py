@@ -1,12 +1,14 @@
-"""The outer loop: restore, train in compiled chunks, log, evaluate, save.
+"""The outer loop: what happens at which step of a training run.
 
-`train_and_evaluate(config)` is the one owner of the schedule. Everything is
-keyed on the global step, `optimizer.iterations`, so a resumed run picks up the
-schedule where the interrupted one left it.
+`train_and_evaluate(config)` is the schedule, in a dozen lines; the
+`Controller` does each job (train a chunk, log, evaluate, save, finish) and
+restores the newest checkpoint in its constructor. Everything is keyed on the
+global step, `optimizer.iterations`, so a resumed run picks up the schedule
+where the interrupted one left it. The train step itself is
+`trainer.Trainer.train_step`.
 """
 
 import hashlib
-import json
 import os
 import sys
 import time
@@ -14,109 +16,21 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+import tqdm
 
 from mnist_tf2 import checkpoints
 from mnist_tf2 import config as config_lib
 from mnist_tf2 import datasets
 from mnist_tf2 import distribute
 from mnist_tf2 import export
-from mnist_tf2 import models
-from mnist_tf2 import optimizers
 from mnist_tf2 import summaries as summaries_lib
 from mnist_tf2 import trainer as trainer_lib
+from mnist_tf2 import workdir as workdir_lib
 from mnist_tf2.errors import Preempted
 from mnist_tf2.errors import UserError
-
-SPLIT_TITLES = {"train": "Training", "validation": "Validation", "test": "Test"}
-# Fields that change which variables a checkpoint holds, or their shapes. (Not,
-# e.g., dropout_rate, batch_size or learning_rate: a resumed run may change them.)
-STRUCTURAL_FIELDS = ("model", "hidden1", "hidden2", "optimizer")
-
-
-def prepare_workdir(config) -> None:
-  """Creates the workdir and refuses one we cannot write or that holds another model.
-
-  Nothing in an existing workdir is changed here (config.json is rewritten
-  only once the checkpoint has been restored, see train_and_evaluate).
-  """
-  workdir = config.workdir
-  saved_path = os.path.join(workdir, "config.json")
-  if os.path.exists(saved_path):
-    try:
-      with open(saved_path) as f:
-        saved = json.load(f)
-    except (OSError, ValueError) as e:
-      raise UserError(f"cannot read {saved_path}: {e}; use a new --workdir") from None
-    differ = [name for name in STRUCTURAL_FIELDS
-              if name in saved and saved[name] != getattr(config, name)]
-    if differ:
-      raise UserError(
-          f"--workdir={workdir} holds a run with "
-          f"{', '.join(f'{name}={saved[name]!r}' for name in differ)} ({saved_path}), this run "
-          f"has {', '.join(f'{name}={getattr(config, name)!r}' for name in differ)}; "
-          "use a new --workdir (nothing was changed)")
-  for directory in (workdir, os.path.join(workdir, "checkpoints")):
-    try:
-      os.makedirs(directory, exist_ok=True)
-      probe = os.path.join(directory, ".write_test")
-      with open(probe, "w") as f:
-        f.write("ok")
-      os.remove(probe)
-    except OSError as e:
-      where = "" if directory == workdir else f" ({directory})"
-      raise UserError(f"cannot write to --workdir={workdir}{where}: {e.strerror or e}") from None
-
-
-def write_json(path, data) -> None:
-  """Writes JSON atomically: a reader never sees a half-written file."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
-def format_eval(split, metrics) -> str:
-  """The tutorial's evaluation lines for one split."""
-  return (f"{SPLIT_TITLES[split]} Data Eval:\n"
-          f"  Num examples: {metrics['num_examples']}  Num correct: {metrics['num_correct']}"
-          f"  Precision @ 1: {metrics['accuracy']:0.4f}")
-
-
-class ProgressBar:
-  """A one-line bar on a terminal; silent when stdout is a log file or CI."""
-
-  def __init__(self, total, stream=sys.stdout):
-    self.total = total
-    self.stream = stream
-    self.enabled = stream.isatty()
-
-  def update(self, step):
-    if self.enabled:
-      done = int(30 * step / max(self.total, 1))
-      self.stream.write(f"\r[{'=' * done}{' ' * (30 - done)}] {step}/{self.total}")
-      self.stream.flush()
-
-  def clear(self):
-    if self.enabled:
-      self.stream.write("\r" + " " * 60 + "\r")
-
-
-def next_stop(step, config, extra_stops=()) -> int:
-  """The next step at which the loop must leave the compiled chunk."""
-  stops = [config.max_steps, step + config.steps_per_loop, *extra_stops]
-  for every in (config.log_every, config.eval_every, config.checkpoint_every):
-    if every:
-      stops.append((step // every + 1) * every)
-  return min(stops)
-
-
-def weights_digest(model) -> str:
-  """SHA-256 of the model's weights: equal on every worker, and across identical runs."""
-  digest = hashlib.sha256()
-  for variable in model.weights:
-    digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
-  return digest.hexdigest()
+from mnist_tf2.evaluate import Evaluator
+from mnist_tf2.metrics import Metrics
+from mnist_tf2.metrics import format_eval
 
 
 def train_and_evaluate(config) -> dict:
@@ -134,176 +48,212 @@ def train_and_evaluate(config) -> dict:
     tf.config.experimental.enable_op_determinism()
   keras.utils.set_random_seed(config.seed)
   strategy = distribute.create_strategy(config)
-  replicas = strategy.num_replicas_in_sync
-  per_replica_batch = distribute.per_replica_batch_size(config.batch_size, replicas)
-  chief = distribute.is_chief(strategy)
-  workdir = distribute.worker_workdir(config.workdir, strategy)
-  try:
-    with checkpoints.PreemptionWatcher(enabled=config.strategy != "multi_worker") as preemption:
-      return _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch,
-                                 start_time, preemption)
-  finally:
-    distribute.cleanup_worker_workdir(workdir, config.workdir)
+  with (workdir_lib.worker_dir(config.workdir, strategy) as workdir,
+        checkpoints.PreemptionWatcher(enabled=config.strategy != "multi_worker") as preemption):
+    controller = Controller(config, strategy, workdir, preemption)
+    while controller.step < config.max_steps:
+      controller.stop_if_preempted()
+      step = controller.train(until=next_stop(controller.step, config))
+      if due(step, config.histogram_every):
+        controller.summaries.model_state(step, controller.model)
+      if due(step, config.log_every) or step == config.max_steps:
+        controller.log()
+      if due(step, config.eval_every) and step < config.max_steps:
+        controller.evaluate()
+      if due(step, config.checkpoint_every) or step == config.max_steps:
+        controller.save()
+    controller.stop_if_preempted()  # A signal in the last chunk: stop before the final evaluation.
+    return controller.finish(start_time)
 
 
-def _train_and_evaluate(config, strategy, workdir, chief, per_replica_batch, start_time,
-                        preemption):
-  """The body of `train_and_evaluate`, writing to this worker's `workdir`."""
-  if chief:
-    if config.export_dir:
-      # Refused now, not after training: a non-empty export dir, or one that
-      # holds the workdir (training fills it, so the export would find it full).
-      export.check_export_dir(config.export_dir)
-      export_dir, own_dir = os.path.abspath(config.export_dir), os.path.abspath(config.workdir)
-      if os.path.commonpath([export_dir, own_dir]) == export_dir:
-        raise UserError(f"--export_dir={config.export_dir} holds --workdir={config.workdir}; "
-                        "export to a directory of its own (e.g. WORKDIR/export)")
-    prepare_workdir(config)
+def due(step, every) -> bool:
+  """Whether something done every `every` steps falls on `step` (never if `every` is 0)."""
+  return bool(every) and step % every == 0
 
-  splits = datasets.load_splits(config)
-  config_lib.check_batch_fits(config, {"train": len(splits.train.labels)})
-  replicas = strategy.num_replicas_in_sync
-  print(f"Model {config.model}, preset {config.preset}: global batch {config.batch_size} "
-        f"= {replicas} replica(s) x {per_replica_batch}, {len(splits.train.labels)} "
-        f"training examples")
 
-  policy = distribute.precision_policy(config)
-  with strategy.scope():
-    # Layers take the global dtype policy when they are built; restore it
-    # afterwards so nothing else in the process inherits it.
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-      model = models.create_model(config)
-    finally:
-      keras.config.set_dtype_policy(previous_policy)
-    optimizer = optimizers.create_optimizer(config)
-    if policy == "mixed_float16":
-      optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    # Build the slots now, before any restore (see checkpoints.Checkpointer).
-    optimizer.build(model.trainable_variables)
-  trainer = trainer_lib.Trainer(config, strategy, model, optimizer)
-  xla = "off"
-  if config.jit_compile:
-    xla = "on (whole loop)" if trainer.loop_in_xla else "on (forward and backward)"
-  print(f"Strategy {type(strategy).__name__}; dtype policy {policy} (compute "
-        f"{model.dtype_policy.compute_dtype}, variables {model.dtype_policy.variable_dtype}"
-        f"{', loss scaling' if policy == 'mixed_float16' else ''}); XLA {xla}")
+def next_stop(step, config) -> int:
+  """The next step at which the loop must leave the compiled chunk: the end, a
+  full chunk, or the next step something is `due` (log, evaluation, checkpoint,
+  histograms, the start or end of the profiled steps)."""
+  stops = [config.max_steps, step + config.steps_per_loop]
+  for every in (config.log_every, config.eval_every, config.checkpoint_every,
+                config.histogram_every):
+    if every:
+      stops.append((step // every + 1) * every)
+  stops.extend(s for s in config_lib.profile_range(config.profile_steps) or () if s > step)
+  return min(stops)
 
-  # Every worker restores the chief's newest checkpoint (the workdir is shared)
-  # and saves to its own directory, of which only the chief's is kept.
-  checkpointer = checkpoints.Checkpointer(
-      os.path.join(workdir, "checkpoints"), config.max_to_keep,
-      restore_directory=os.path.join(config.workdir, "checkpoints"),
-      model=model, optimizer=optimizer)
-  restored = checkpointer.restore_or_initialize()
-  step = int(optimizer.iterations.numpy())
-  if restored:
-    print(f"Resumed from {restored} at step {step}")
-  if chief:
-    write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
-  # The input position is step * global batch: the step is the whole input
-  # state, so a checkpoint resumes under any strategy and replica count
-  # (a distributed iterator cannot be checkpointed anyway).
-  run_chunk = trainer.chunk_runner(splits.train)
-  # Evaluation batches may be short (every example counts once), so the
-  # per-replica share is rounded up rather than required to divide evenly.
-  eval_batch = -(-config.eval_batch_size // replicas)
-  eval_data = {
-      name: strategy.distribute_datasets_from_function(
-          lambda ctx, split=split: datasets.eval_dataset(
-              split, batch_size=eval_batch, input_context=ctx))
-      for name, split in splits._asdict().items()
-      if len(split.labels) and name in config.eval_splits.split(",")
-  }
-  summaries = summaries_lib.Summaries(workdir, enabled=chief and config.summaries,
-                                      histogram_every=config.histogram_every,
-                                      profile_steps=config.profile_steps)
-  summaries.run_start(step, config, model, splits.train, sys.argv)
+def progress_bar(total, initial, stream=None) -> tqdm.tqdm:
+  """A bar of the steps on a terminal; silent when `stream` (stdout) is a log file or CI."""
+  # Updated once a chunk, rarely enough to redraw every time (mininterval=0).
+  return tqdm.tqdm(total=total, initial=initial, file=stream or sys.stdout, disable=None,
+                   leave=False, unit="step", mininterval=0)
 
-  def evaluate_all():
-    results = {}
-    for name, data in eval_data.items():
-      results[name] = trainer.evaluate(data)
-      print(format_eval(name, results[name]))
-      summaries.eval_scalars(step, name, results[name])
-    return results
 
-  def stop_if_preempted():
-    if preemption.requested:
-      progress.clear()
-      summaries.flush()
-      print(f"Stopped by {preemption.signal_name} at step {step}: saved "
-            f"{checkpointer.save(step)}; run the same command again to resume", flush=True)
-      raise Preempted(preemption.signum)
+def weights_digest(model) -> str:
+  """SHA-256 of the model's weights: equal on every worker, and across identical runs."""
+  digest = hashlib.sha256()
+  for variable in model.weights:
+    digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+  return digest.hexdigest()
 
-  progress = ProgressBar(config.max_steps)
-  start_step = step
-  # Since the last log line: steps, their summed loss and accuracy, and the time
-  # spent in training chunks only (not in evaluation or saving).
-  window_steps, window_loss, window_accuracy, window_seconds = 0, 0.0, 0.0, 0.0
-  while step < config.max_steps:
-    stop_if_preempted()
-    num_steps = next_stop(step, config, summaries.stops(step)) - step
+
+class Controller:
+  """One training run's jobs around the train step; restores in its constructor.
+
+  Args:
+    config: the resolved Config.
+    strategy: the tf.distribute strategy.
+    workdir: the directory this worker writes to (`workdir.worker_dir`).
+    preemption: a `checkpoints.PreemptionWatcher`.
+  """
+
+  def __init__(self, config, strategy, workdir, preemption):
+    self.config, self.strategy, self.workdir = config, strategy, workdir
+    self.preemption = preemption
+    self.chief = distribute.is_chief(strategy)
+    per_replica_batch = distribute.per_replica_batch_size(config.batch_size,
+                                                          strategy.num_replicas_in_sync)
+    if self.chief:
+      if config.export_dir:  # Refused now, not after training.
+        export.check_export_dir(config.export_dir)
+        workdir_lib.check_export_dir_apart(config.export_dir, config.workdir)
+      workdir_lib.prepare(config)
+    self.splits = datasets.load_splits(config)
+    config_lib.check_batch_fits(config, {"train": len(self.splits.train.labels)})
+    print(f"Model {config.model}, preset {config.preset}: global batch {config.batch_size} "
+          f"= {strategy.num_replicas_in_sync} replica(s) x {per_replica_batch}, "
+          f"{len(self.splits.train.labels)} training examples")
+    self.model, self.optimizer = trainer_lib.build_model_and_optimizer(config, strategy)
+    self.trainer = trainer_lib.create_trainer(config, strategy, self.model, self.optimizer)
+    self._print_numerics()
+    self._restore()
+    self.inputs = self.trainer.inputs(self.splits.train)  # After the restore: see there.
+    self.evaluator = Evaluator(self.model, strategy)
+    self.eval_data = self._eval_datasets()
+    self.summaries = summaries_lib.Summaries(workdir, enabled=self.chief and config.summaries,
+                                             histogram_every=config.histogram_every,
+                                             profile_steps=config.profile_steps)
+    self.summaries.run_start(self.step, config, self.model, self.splits.train, sys.argv)
+    if due(self.step, config.histogram_every):
+      self.summaries.model_state(self.step, self.model)
+    # What the next log line reports: the steps since the last one, and the
+    # time spent in training chunks only (not in evaluation or saving).
+    self.window, self.window_seconds, self.gradient_norm = Metrics(), 0.0, 0.0
+    self.progress = progress_bar(config.max_steps, self.step)
+
+  def _print_numerics(self):
+    policy = self.model.dtype_policy
+    xla = self.trainer.xla if self.config.jit_compile else "off"
+    loss_scaling = ", loss scaling" if self.trainer.loss_scaling else ""
+    print(f"Strategy {type(self.strategy).__name__}; dtype policy {policy.name} (compute "
+          f"{policy.compute_dtype}, variables {policy.variable_dtype}{loss_scaling}); XLA {xla}")
+
+  def _restore(self):
+    # Every worker restores the chief's newest checkpoint (the workdir is
+    # shared) and saves to its own directory, of which only the chief's is kept.
+    self.checkpointer = checkpoints.Checkpointer(
+        os.path.join(self.workdir, "checkpoints"), self.config.max_to_keep,
+        restore_directory=os.path.join(self.config.workdir, "checkpoints"),
+        model=self.model, optimizer=self.optimizer)
+    restored = self.checkpointer.restore_or_initialize()
+    self.step = self.start_step = int(self.optimizer.iterations.numpy())
+    if restored:
+      print(f"Resumed from {restored} at step {self.step}")
+    if self.chief:
+      workdir_lib.write_json(workdir_lib.config_path(self.workdir), self.config.to_dict())
+
+  def _eval_datasets(self):
+    # Evaluation batches may be short (every example counts once), so the
+    # per-replica share is rounded up rather than required to divide evenly.
+    batch = -(-self.config.eval_batch_size // self.strategy.num_replicas_in_sync)
+    return {
+        name: self.strategy.distribute_datasets_from_function(
+            lambda ctx, split=split: datasets.eval_dataset(
+                split, batch_size=batch, input_context=ctx))
+        for name, split in self.splits._asdict().items()
+        if len(split.labels) and name in self.config.eval_splits.split(",")
+    }
+
+  def train(self, until) -> int:
+    """Runs the steps up to `until` in one compiled call; returns the step reached."""
+    num_steps = until - self.step
     chunk_start = time.time()
-    with summaries.train_chunk(step, num_steps):
-      out = run_chunk(tf.constant(num_steps, tf.int64))
-    step = int(optimizer.iterations.numpy())  # Waits for the chunk to finish.
-    window_seconds += time.time() - chunk_start
+    with self.summaries.train_chunk(self.step, num_steps):
+      out = self.trainer.train(self.trainer.chunk_inputs(self.inputs, num_steps),
+                               tf.constant(num_steps, tf.int64))
+    self.step = int(self.optimizer.iterations.numpy())  # Waits for the chunk to finish.
+    self.window_seconds += time.time() - chunk_start
     if int(out["nonfinite_step"]) >= 0:
-      progress.clear()
+      self.progress.clear()
       raise UserError(f"loss is not finite at step {int(out['nonfinite_step'])}; stopped "
                       f"without saving; the last good checkpoint is "
-                      f"{checkpointer.latest or 'none'}")
-    chunk_steps = int(out["steps"])
-    window_steps += chunk_steps
-    window_loss += float(out["loss"]) * chunk_steps
-    window_accuracy += float(out["accuracy"]) * chunk_steps
-    summaries.model_state(step, model)
-    progress.update(step)
-    if step % config.log_every == 0 or step == config.max_steps:
-      progress.clear()
-      print(f"Step {step}: loss = {window_loss / window_steps:.2f} "
-            f"({window_seconds / window_steps:.4f} sec)")
-      summaries.train_scalars(step, {
-          "loss": window_loss / window_steps, "accuracy": window_accuracy / window_steps,
-          "gradient_norm": out["gradient_norm"],
-          "learning_rate": optimizer.learning_rate,
-          "examples_per_sec": window_steps * config.batch_size / max(window_seconds, 1e-9)})
-      window_steps, window_loss, window_accuracy, window_seconds = 0, 0.0, 0.0, 0.0
-    if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
-      progress.clear()
-      evaluate_all()
-    if step % config.checkpoint_every == 0 or step == config.max_steps:
-      checkpointer.save(step)
-  progress.clear()
-  stop_if_preempted()  # A signal during the last chunk: stop before the final evaluation.
+                      f"{self.checkpointer.latest or 'none'}")
+    self.window.update(out)
+    self.gradient_norm = out["gradient_norm"]
+    self.progress.update(self.step - self.progress.n)
+    return self.step
 
-  metrics = evaluate_all()
-  if summaries.enabled:
-    # The test-set pictures take one more pass over it: only if it was evaluated.
-    predicted = trainer.predict_classes(datasets.eval_dataset(
-        splits.test, batch_size=config.eval_batch_size)) if "test" in metrics else None
-    summaries.run_end(step, metrics, model, splits.test, predicted)
-  summaries.flush()
-  digest = weights_digest(model)
-  print(f"Weights SHA-256: {digest}")
-  results = {
-      "model": config.model,
-      "preset": config.preset,
-      "steps": step,
-      "wall_seconds": round(time.time() - start_time, 3),
-      "metrics": metrics,
-      "weights_sha256": digest,
-      "config": config.to_dict(),
-  }
-  results_path = os.path.join(workdir, "results.json")
-  # A re-run of a finished run trains nothing: keep the results (and wall time)
-  # of the run that did the training.
-  if chief and (step > start_step or not os.path.exists(results_path)):
-    write_json(results_path, results)
-    if config.export_dir:
-      export.export_model(model, config, config.export_dir)
-      print(f"Exported the SavedModel to {config.export_dir}")
-  return results
+  def log(self):
+    """The tutorial's `Step N: loss = ...` line and the training scalars of the window."""
+    self.progress.clear()
+    window, steps = self.window, self.window.loss_count  # One loss term a step.
+    print(f"Step {self.step}: loss = {window.loss:.2f} ({self.window_seconds / steps:.4f} sec)")
+    self.summaries.train_scalars(self.step, {
+        "loss": window.loss, "accuracy": window.accuracy,
+        "gradient_norm": self.gradient_norm,
+        "learning_rate": self.optimizer.learning_rate,
+        "examples_per_sec": window.num_examples / max(self.window_seconds, 1e-9)})
+    self.window, self.window_seconds = Metrics(), 0.0
+
+  def evaluate(self) -> dict:
+    """Evaluates every split of --eval_splits; returns {split: Metrics}."""
+    self.progress.clear()
+    results = {}
+    for name, data in self.eval_data.items():
+      results[name] = self.evaluator(data)
+      print(format_eval(name, results[name].result()))
+      self.summaries.eval_scalars(self.step, name, results[name])
+    return results
+
+  def save(self):
+    self.checkpointer.save(self.step)
+
+  def stop_if_preempted(self):
+    """After a SIGTERM/SIGINT: saves a checkpoint at this step and raises `Preempted`."""
+    if self.preemption.requested:
+      self.progress.clear()
+      self.summaries.flush()
+      print(f"Stopped by {self.preemption.signal_name} at step {self.step}: saved "
+            f"{self.checkpointer.save(self.step)}; run the same command again to resume",
+            flush=True)
+      raise Preempted(self.preemption.signum)
+
+  def finish(self, start_time) -> dict:
+    """The final evaluation, summaries, results.json and export; returns the results."""
+    self.progress.close()
+    metrics = self.evaluate()
+    self.summaries.run_end(self.step, metrics, self.model, self.splits.test,
+                           self.config.eval_batch_size)
+    self.summaries.flush()
+    digest = weights_digest(self.model)
+    print(f"Weights SHA-256: {digest}")
+    results = {
+        "model": self.config.model,
+        "preset": self.config.preset,
+        "steps": self.step,
+        "wall_seconds": round(time.time() - start_time, 3),
+        "metrics": {name: split_metrics.result() for name, split_metrics in metrics.items()},
+        "weights_sha256": digest,
+        "config": self.config.to_dict(),
+    }
+    results_path = os.path.join(self.workdir, "results.json")
+    # A re-run of a finished run trains nothing: keep the results (and wall time)
+    # of the run that did the training.
+    if self.chief and (self.step > self.start_step or not os.path.exists(results_path)):
+      workdir_lib.write_json(results_path, results)
+      if self.config.export_dir:
+        export.export_model(self.model, self.config, self.config.export_dir)
+        print(f"Exported the SavedModel to {self.config.export_dir}")
+    return results

@@ -8,7 +8,6 @@ checkpoint); the optimizer state in the checkpoint is ignored.
 
 import contextlib
 import gc
-import json
 import logging
 import os
 from typing import NamedTuple
@@ -19,6 +18,7 @@ import tensorflow as tf
 from mnist_tf2 import checkpoints
 from mnist_tf2 import config as config_lib
 from mnist_tf2 import models
+from mnist_tf2 import workdir as workdir_lib
 from mnist_tf2.errors import UserError
 
 # Where the training checkpoint keeps the global step (optimizer.iterations).
@@ -32,36 +32,6 @@ class Restored(NamedTuple):
   step: int | None  # the global step of that checkpoint, if it records one
 
 
-def load_config(workdir: str) -> config_lib.Config:
-  """Reads `<workdir>/config.json` back into a validated Config.
-
-  Fields this version does not know (a config written by a newer version) are
-  ignored, and fields it lacks get their defaults: only the model fields matter
-  for rebuilding the model, and those are checked by the restore itself.
-  """
-  if not os.path.isdir(workdir):
-    raise UserError(f"--workdir={workdir} is not a directory")
-  path = os.path.join(workdir, "config.json")
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except FileNotFoundError:
-    raise UserError(f"{path} does not exist; is --workdir={workdir} a training workdir?"
-                    ) from None
-  except (OSError, ValueError) as e:
-    # ValueError covers JSONDecodeError and UnicodeDecodeError.
-    raise UserError(f"cannot read {path}: {e}") from None
-  if not isinstance(saved, dict) or "model" not in saved:
-    raise UserError(f"{path} is not a training config (no 'model' field)")
-  known = {name: value for name, value in saved.items() if name in config_lib.FIELDS}
-  try:
-    config = config_lib.Config(**known)
-    config_lib.validate(config)
-  except (TypeError, UserError) as e:
-    raise UserError(f"{path}: {e}") from None
-  return config
-
-
 def restore_model(workdir: str) -> Restored:
   """Builds the run's model and loads the weights of its newest readable checkpoint.
 
@@ -72,7 +42,7 @@ def restore_model(workdir: str) -> Restored:
     UserError: no workdir, no or unreadable config.json, no (readable)
       checkpoint, or a checkpoint that does not hold this model's weights.
   """
-  config = load_config(workdir)
+  config = workdir_lib.load_config(workdir)
   checkpoint_dir = os.path.join(workdir, "checkpoints")
   model = models.create_model(config)
   # Only the model is asked for: the optimizer state in the file is

@@ -32,24 +32,24 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
+from mnist_tf2 import augment
 from mnist_tf2 import config as config_lib
 from mnist_tf2 import datasets
 from mnist_tf2 import pictures
-from mnist_tf2.models import NUM_CLASSES
+from mnist_tf2.constants import SPLITS
 from mnist_tf2.models import SoftmaxRegression
 
 INPUT_GRID_SIZE = 64
 MISCLASSIFIED_SHOWN = 32
 HPARAMS_RUN = "hparams"
-# The metrics of the HParams dashboard, tags of the final metrics in HPARAMS_RUN.
-HPARAMS_METRICS = [f"{split}/{name}" for split in ("test", "validation", "train")
+# The metrics of the HParams dashboard (test first), tags of the final metrics in HPARAMS_RUN.
+HPARAMS_METRICS = [f"{split}/{name}" for split in reversed(SPLITS)
                    for name in ("accuracy", "loss")]
 
 
 # tf.summary.histogram one-hot encodes every value into its bucket (values x 30
-# floats): the cnn's 3.2M-weight dense kernel alone would take 384 MB, and the
-# histogram step raised the training process's peak memory from 1.1 to 2.6 GB.
-# A strided sample of this size draws the same distribution for a few MB.
+# floats), which for the cnn's dense kernel is hundreds of MB (measured in
+# docs/ARCHITECTURE.md); a strided sample draws the same distribution.
 MAX_HISTOGRAM_VALUES = 1 << 16
 
 
@@ -105,9 +105,8 @@ class Summaries:
     self.scalars("train", step, scalars)
 
   def eval_scalars(self, step, split, metrics):
-    """Loss and accuracy of one evaluated split, under `eval/<split>`."""
-    self.scalars(f"eval/{split}", step, {"loss": metrics["loss"],
-                                          "accuracy": metrics["accuracy"]})
+    """Loss and accuracy (a `metrics.Metrics`) of one evaluated split, under `eval/<split>`."""
+    self.scalars(f"eval/{split}", step, {"loss": metrics.loss, "accuracy": metrics.accuracy})
 
   # --- the start of a run -----------------------------------------------------------------
 
@@ -138,22 +137,21 @@ class Summaries:
     # so the training stream is not advanced).
     images, _ = next(iter(datasets.train_dataset(
         train_split, batch_size=min(INPUT_GRID_SIZE, len(train_split.labels)),
-        seed=config.seed, augmentation=datasets.Augmentation.from_config(config))))
+        seed=config.seed, augmentation=augment.Augmentation.from_config(config))))
     self._probe_images = images
     with self.writer("train").as_default(step=step):
       tf.summary.image("inputs", pictures.image_grid(images.numpy()),
                        description="A batch of training inputs as the pipeline feeds them.")
-    self.model_state(step, model)
 
   # --- around each compiled training chunk ------------------------------------------------
 
   @contextlib.contextmanager
   def train_chunk(self, step, num_steps):
-    """Wraps one `train_loop` call running steps `step + 1 .. step + num_steps`.
+    """Wraps one `Trainer.train` call running steps `step + 1 .. step + num_steps`.
 
     Traces the graph of the first chunk, and starts or stops the profiler when
     the chunk starts at A or ends at B of --profile_steps (the loop stops its
-    chunks there, see `stops`).
+    chunks there, see loop.next_stop).
     """
     if not self.enabled:
       yield
@@ -176,22 +174,12 @@ class Summaries:
         tf.profiler.experimental.stop()
         self._profiling = False
 
-  def stops(self, step):
-    """Steps after `step` at which the loop must leave its compiled chunk for us."""
-    stops = []
-    if self.histogram_every:
-      stops.append((step // self.histogram_every + 1) * self.histogram_every)
-    if self.profile_range:
-      stops.extend(s for s in self.profile_range if s > step)
-    return stops
-
   # --- the model ----------------------------------------------------------------------------
 
-  def model_state(self, step, model, final=False):
-    """Every --histogram_every steps and at the end: histograms of the weights and
-    activations, and the softmax model's class weights."""
-    due = bool(self.histogram_every) and step % self.histogram_every == 0
-    if not self.enabled or not (due or final) or step == self._last_histogram_step:
+  def model_state(self, step, model):
+    """Histograms of the weights and activations (if --histogram_every), and the
+    softmax model's class weights; the loop calls it when due and at the end."""
+    if not self.enabled or step == self._last_histogram_step:
       return
     self._last_histogram_step = step
     with self.writer("train").as_default(step=step):
@@ -214,29 +202,35 @@ class Summaries:
 
   # --- the end of a run -------------------------------------------------------------------
 
-  def run_end(self, step, metrics, model, test_split, predicted):
+  def run_end(self, step, metrics, model, test_split, batch_size):
     """Final metrics for HParams, final histograms, the confusion matrix and the
     misclassified test examples.
 
     Args:
       step: the final global step.
-      metrics: {split: {"loss", "accuracy", ...}} of the final evaluation.
+      metrics: {split: metrics.Metrics} of the final evaluation; without
+        "test" (not evaluated), the test pictures are skipped.
       model: the trained model.
       test_split: the test Split (uint8 images, labels), in order.
-      predicted: the model's class for every test example, in the same order;
-        None (the test split was not evaluated) skips the test pictures.
+      batch_size: the evaluation batch size, for the pass that finds the
+        misclassified examples.
     """
     if not self.enabled:
       return
-    self.scalars(HPARAMS_RUN, step, {f"{split}/{name}": values[name]
+    self.scalars(HPARAMS_RUN, step, {f"{split}/{name}": getattr(values, name)
                                      for split, values in metrics.items()
                                      for name in ("accuracy", "loss")})
-    self.model_state(step, model, final=True)
-    if predicted is None:
-      return
+    self.model_state(step, model)
+    if "test" in metrics:
+      self._test_pictures(step, metrics["test"].confusion_matrix, model, test_split, batch_size)
+
+  def _test_pictures(self, step, matrix, model, test_split, batch_size):
+    """The confusion matrix and the first misclassified test examples."""
     labels = test_split.labels
-    matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
-    np.add.at(matrix, (labels, predicted), 1)
+    predict = tf.function(lambda images: tf.argmax(model(images, training=False), -1,
+                                                   output_type=tf.int32))
+    predicted = np.concatenate([predict(images).numpy() for images, _ in datasets.eval_dataset(
+        test_split, batch_size=batch_size)])
     wrong = np.flatnonzero(predicted != labels)
     shown = wrong[:MISCLASSIFIED_SHOWN]
     with self.writer("eval/test").as_default(step=step):

@@ -1,25 +1,26 @@
-"""The train step and the eval step: per replica, compiled, several steps a call.
+"""The train step, and the compiled loops that run it several steps a call.
 
-`Trainer.train_loop(iterator, num_steps)` runs `num_steps` optimizer steps in
-one `tf.function` call, pulling batches from the tf.data pipeline. Each step is
-written for a single replica and run through `strategy.run`, so the same code
-serves one CPU, many GPUs and many machines. The global step is
+`Trainer.train_step` is one optimizer step on one replica's share of the global
+batch: forward pass, loss, gradients, update. `Trainer.train(inputs, num_steps)`
+runs `num_steps` of them in one `tf.function` call through `strategy.run`, so
+the same code serves one CPU, many GPUs and many machines. The global step is
 `optimizer.iterations`.
 
-With `--jit_compile` on one replica, no elastic distortion and, on a CPU, no
-convolutions, `loop_in_xla` is set and `train_loop_in_memory(images, labels,
-num_steps)` runs instead: the whole chunk -- gathering each batch from the
-training set held in memory, distorting it, forward, backward, update -- is one
-XLA program, with no per-step dispatch at all. It reads the same stream of
+`XlaTrainer` runs the same step with the whole chunk compiled as one XLA
+program that gathers its batches from the training set held in memory.
+`create_trainer` picks it where it can run; both read the same stream of
 examples (`datasets.stream_indices`) with the same distortions.
 """
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from mnist_tf2 import augment
 from mnist_tf2 import datasets
-from mnist_tf2.models import NUM_CLASSES
+from mnist_tf2 import distribute
+from mnist_tf2 import models
+from mnist_tf2 import optimizers
+from mnist_tf2.constants import NUM_CLASSES
 
 
 def cross_entropy(labels, logits, label_smoothing=0.0):
@@ -30,68 +31,157 @@ def cross_entropy(labels, logits, label_smoothing=0.0):
   return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
 
 
+def build_model_and_optimizer(config, strategy=None):
+  """The model of `config` under its dtype policy, and its optimizer with slots built.
+
+  Args:
+    config: the resolved Config.
+    strategy: variables are created in its scope (default: the current one).
+
+  Returns:
+    (model, optimizer); the optimizer is wrapped in a LossScaleOptimizer under
+    the mixed_float16 policy.
+  """
+  strategy = strategy or tf.distribute.get_strategy()
+  policy = distribute.precision_policy(config)
+  with strategy.scope():
+    # Layers take the global dtype policy when they are built; restore it
+    # afterwards so nothing else in the process inherits it.
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+      model = models.create_model(config)
+    finally:
+      keras.config.set_dtype_policy(previous_policy)
+    optimizer = optimizers.create_optimizer(config)
+    if policy == "mixed_float16":
+      optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    # Build the slots now, before any restore (see checkpoints.Checkpointer).
+    optimizer.build(model.trainable_variables)
+  return model, optimizer
+
+
+def create_trainer(config, strategy, model, optimizer) -> "Trainer":
+  """`XlaTrainer` where the whole chunk can be one XLA program, else `Trainer`.
+
+  That needs --jit_compile, one replica (XLA cannot compile the all-reduce),
+  no elastic distortion (its smoothing is a convolution) and, on a CPU, a model
+  without convolutions (XLA runs them slowly there; see README, Performance).
+  """
+  on_cpu = not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+  has_convolutions = any(isinstance(layer, keras.layers.Conv2D) for layer in model.layers)
+  augmentation = augment.Augmentation.from_config(config)
+  in_xla = (config.jit_compile and strategy.num_replicas_in_sync == 1
+            and not (augmentation and augmentation.elastic_alpha)
+            and not (on_cpu and has_convolutions))
+  return (XlaTrainer if in_xla else Trainer)(config, strategy, model, optimizer)
+
+
 class Trainer:
-  """Owns the compiled train and eval functions for one model and optimizer."""
+  """The train step of one model and optimizer, run in compiled chunks from tf.data."""
+
+  jit_compile = None  # Of the chunk's loop; XlaTrainer compiles it whole.
+  xla = "on (forward and backward)"  # What --jit_compile compiles, for the start-up line.
 
   def __init__(self, config, strategy, model, optimizer):
     self.config = config
     self.strategy = strategy
     self.model = model
     self.optimizer = optimizer
+    self.augmentation = augment.Augmentation.from_config(config)
     # Loss scaling keeps float16 gradients from underflowing; keras wraps the
-    # optimizer for it (see distribute.precision_policy for when it is used).
+    # optimizer for it (see distribute.precision_policy for when).
     self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    # XLA compiles the forward and backward pass of a replica into one fused
-    # program. The update stays outside: apply_gradients all-reduces across
-    # replicas and devices, which XLA cannot compile (nor the loop around it,
-    # which pulls from the input iterator).
-    self._gradients = (tf.function(self._replica_gradients, jit_compile=True)
-                       if config.jit_compile else self._replica_gradients)
-    # The update itself (Adam: about ten elementwise ops per variable) runs as
-    # one fused XLA program when there is nothing to all-reduce: 1.5x the
-    # steps/s of the 128/32 MLP here (see README, Performance). With several
-    # replicas it stays as it is, for the reason above.
-    self._apply_gradients = (tf.function(self._apply_gradients_fn, jit_compile=True)
-                             if strategy.num_replicas_in_sync == 1 and not self.loss_scaling
-                             else self._apply_gradients_fn)
-    self.train_loop = tf.function(self._iterator_loop)
-    # The tf.data pipeline costs ~0.1 ms of CPU a batch and each step's ops
-    # their own dispatch: on the small models that is most of a step. When
-    # nothing stands in the way -- one replica (no all-reduce), no elastic
-    # distortion (its Gaussian smoothing is a convolution) -- the whole chunk is
-    # one XLA program reading the training set from memory: 2.3x the images/s
-    # of the 128/32 MLP (README, Performance). Not for convolutions on a CPU:
-    # inside an XLA loop there they ran 70x slower (32 images/s, the cnn
-    # here), and even alone XLA's CPU convolutions run at half speed, so the
-    # cnn presets leave --jit_compile off.
-    on_cpu = not tf.config.list_logical_devices("GPU") and not tf.config.list_logical_devices(
-        "TPU")
-    has_convolutions = any(isinstance(layer, keras.layers.Conv2D) for layer in model.layers)
-    self.augmentation = datasets.Augmentation.from_config(config)
-    self.loop_in_xla = (config.jit_compile and strategy.num_replicas_in_sync == 1
-                        and not (self.augmentation and self.augmentation.elastic_alpha)
-                        and not (on_cpu and has_convolutions))
-    self._in_memory_loop = tf.function(self._in_memory_loop_fn, jit_compile=True)
-    self._chunk_loop = tf.function(self._chunk_loop_fn)
-    self._eval_loop = tf.function(self._eval_loop_fn)
-    self._predict_step = tf.function(self._predict_step_fn)
+    # Compiled in place: each name still leads to its def below.
+    self.train = tf.function(self.train, jit_compile=self.jit_compile)
+    if config.jit_compile:
+      # One fused program for a replica's forward and backward pass.
+      self.compute_gradients = tf.function(self.compute_gradients, jit_compile=True)
+    if strategy.num_replicas_in_sync == 1 and not self.loss_scaling:
+      # Nothing to all-reduce (XLA cannot compile that), so the update's many
+      # small elementwise ops can be one fused program too.
+      self.apply_gradients = tf.function(self.apply_gradients, jit_compile=True)
 
-  # --- training ---------------------------------------------------------------------------
+  def inputs(self, split):
+    """The training input: a distributed iterator over `split`'s training stream.
 
-  def _dropout_seed(self):
-    """A stateless seed for this step and replica: [seed, step * replicas + replica].
-
-    Deriving it from the step (which the checkpoint holds) makes a resumed run
-    draw exactly the masks an uninterrupted one would, and gives every replica
-    its own masks.
+    It starts where the optimizer's step says (position = step * global batch),
+    so create it after any restore: the step is the whole input state.
     """
-    context = tf.distribute.get_replica_context()
-    replica = tf.cast(context.replica_id_in_sync_group, tf.int64)
-    step = tf.cast(self.optimizer.iterations, tf.int64)
-    counter = step * self.strategy.num_replicas_in_sync + replica
-    return tf.stack([tf.constant(self.config.seed, tf.int64), counter])
+    start = int(self.optimizer.iterations.numpy()) * self.config.batch_size
+    return iter(self.strategy.distribute_datasets_from_function(
+        lambda ctx: datasets.train_dataset(
+            split, batch_size=ctx.get_per_replica_batch_size(self.config.batch_size),
+            seed=self.config.seed, start=start, input_context=ctx,
+            augmentation=self.augmentation)))
 
-  def _replica_gradients(self, images, labels, dropout_seed):
+  def chunk_inputs(self, inputs, num_steps):
+    """What `train` reads for the next `num_steps` steps: the iterator itself."""
+    del num_steps  # The iterator is endless.
+    return inputs
+
+  def next_batch(self, inputs, i):
+    """The (images, labels) of the chunk's step `i`."""
+    del i
+    return next(inputs)
+
+  def train(self, inputs, num_steps):
+    """Runs up to `num_steps` train steps in one compiled call.
+
+    Stops early at the first non-finite loss.
+
+    Args:
+      inputs: from `chunk_inputs(self.inputs(split), num_steps)`.
+      num_steps: int64 scalar tensor.
+
+    Returns:
+      dict of scalar tensors: the sums `metrics.Metrics.update` adds up over the
+      finite steps (`loss_sum` of the steps' mean losses, `loss_count` = those
+      steps, `num_correct`, `num_examples`), the `gradient_norm` of the last
+      step (the one the loop logs), the `steps` run, and `nonfinite_step` (the
+      global step whose loss was NaN/Inf, or -1).
+    """
+    loss_sum = tf.constant(0.0)
+    correct_sum = tf.constant(0, tf.int64)
+    grad_norm = tf.constant(0.0)
+    steps = tf.constant(0, tf.int64)
+    nonfinite_step = tf.constant(-1, tf.int64)
+    for i in tf.range(num_steps):
+      step = tf.cast(self.optimizer.iterations, tf.int64) + 1
+      loss, correct, grad_norm = self.strategy.run(
+          self.train_step, args=(*self.next_batch(inputs, i), tf.equal(i, num_steps - 1)))
+      loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+      correct = self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
+      grad_norm = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, grad_norm, axis=None)
+      steps += 1
+      if not tf.math.is_finite(loss):
+        nonfinite_step = step
+        break
+      loss_sum += loss
+      correct_sum += tf.cast(correct, tf.int64)
+    finite_steps = steps - tf.cast(nonfinite_step >= 0, tf.int64)
+    return {"loss_sum": loss_sum, "loss_count": finite_steps, "num_correct": correct_sum,
+            "num_examples": finite_steps * self.config.batch_size,
+            "gradient_norm": grad_norm, "steps": steps, "nonfinite_step": nonfinite_step}
+
+  def train_step(self, images, labels, measure_gradient):
+    """One optimizer step on this replica's share of the global batch.
+
+    Returns:
+      This replica's loss (already divided by the global batch), its number of
+      correct predictions, and the gradient norm (0 unless `measure_gradient`).
+    """
+    loss, grads, correct = self.compute_gradients(images, labels, self._dropout_seed())
+    gradient_norm = tf.constant(0.0)
+    if self.config.summaries:
+      # Before the update, which may change the loss scale; only when logged,
+      # as the extra pass over every gradient is not free.
+      gradient_norm = tf.cond(measure_gradient, lambda: self._gradient_norm(grads),
+                              lambda: gradient_norm)
+    self.apply_gradients(grads)
+    return loss, correct, gradient_norm
+
+  def compute_gradients(self, images, labels, dropout_seed):
     """Loss, gradients and correct predictions on this replica's share of the batch."""
     with tf.GradientTape() as tape:
       # Under a mixed policy the model computes in 16 bits; the softmax and the
@@ -111,28 +201,29 @@ class Trainer:
                                              labels), tf.int32))
     return loss, grads, correct
 
-  def _apply_gradients_fn(self, grads):
+  def apply_gradients(self, grads):
+    """The update; with several replicas it all-reduces (sums) the gradients first."""
     self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
 
-  def _replica_train_step(self, images, labels, measure_gradient):
-    """One optimizer step on this replica's share of the global batch."""
-    loss, grads, correct = self._gradients(images, labels, self._dropout_seed())
-    # Measured before apply_gradients, which may change the loss scale, and
-    # only when asked: even this one pass over every gradient costs 3-7% of a
-    # step of these small models.
-    gradient_norm = tf.constant(0.0)
-    if self.config.summaries:
-      gradient_norm = tf.cond(measure_gradient, lambda: self._gradient_norm(grads),
-                              lambda: gradient_norm)
-    self._apply_gradients(grads)
-    return loss, correct, gradient_norm
+  def _dropout_seed(self):
+    """A stateless seed for this step and replica: [seed, step * replicas + replica].
+
+    Deriving it from the step (which the checkpoint holds) makes a resumed run
+    draw exactly the masks an uninterrupted one would, and gives every replica
+    its own masks.
+    """
+    context = tf.distribute.get_replica_context()
+    replica = tf.cast(context.replica_id_in_sync_group, tf.int64)
+    step = tf.cast(self.optimizer.iterations, tf.int64)
+    counter = step * self.strategy.num_replicas_in_sync + replica
+    return tf.stack([tf.constant(self.config.seed, tf.int64), counter])
 
   def _gradient_norm(self, grads):
     """The global L2 norm of the gradient of the mean loss, for TensorBoard.
 
     `grads` is this replica's share of the all-reduced sum, so scaling by the
     replica count gives the gradient of this replica's own mean loss: exact with
-    one replica; with several, the loop averages the replicas' norms (reading
+    one replica; with several, `train` averages the replicas' norms (reading
     slightly high, as each is measured on a smaller batch). Measuring the
     all-reduced gradient would mean all-reducing it a second time.
     """
@@ -144,158 +235,59 @@ class Trainer:
       norm = tf.where(tf.math.is_finite(norm), norm, tf.zeros_like(norm))
     return norm
 
-  def _iterator_loop(self, iterator, num_steps):
-    return self._loop(lambda i: next(iterator), num_steps)
 
-  def chunk_runner(self, split):
-    """Returns `run(num_steps)`: the next `num_steps` steps on `split`, as `train_loop` does.
+class XlaTrainer(Trainer):
+  """`Trainer` whose whole chunk -- gather, distort, forward, backward, update -- is
+  one XLA program, reading the training set from memory: no per-step dispatch
+  and no tf.data pipeline, which dominate a step of the small models."""
 
-    The input starts where the optimizer's step says (position = step * global
-    batch), so create it after any restore. With `loop_in_xla` the XLA loop
-    gathers its batches from `split` in memory; otherwise a distributed
-    tf.data iterator feeds `train_loop`.
-    """
-    if self.loop_in_xla:
-      images, labels = tf.constant(split.images), tf.constant(split.labels)
-      return lambda num_steps: self.train_loop_in_memory(images, labels, num_steps)
-    start = int(self.optimizer.iterations.numpy()) * self.config.batch_size
-    iterator = iter(self.strategy.distribute_datasets_from_function(
-        lambda ctx: datasets.train_dataset(
-            split, batch_size=ctx.get_per_replica_batch_size(self.config.batch_size),
-            seed=self.config.seed, start=start, input_context=ctx,
-            augmentation=self.augmentation)))
-    return lambda num_steps: self.train_loop(iterator, num_steps)
+  jit_compile = True
+  xla = "on (whole loop)"
 
-  def train_loop_in_memory(self, images, labels, num_steps):
-    """`train_loop` for `loop_in_xla`: batches gathered from the training set in memory.
+  def inputs(self, split):
+    """The training input: the whole split, uint8 images and int32 labels, as tensors."""
+    return tf.constant(split.images), tf.constant(split.labels)
 
-    Args:
-      images: uint8 [N, 28, 28, 1], the whole training split (a tensor).
-      labels: int32 [N].
-      num_steps: at most `config.steps_per_loop`.
+  def chunk_inputs(self, inputs, num_steps):
+    """What `train` reads for the next `num_steps` steps: `inputs` and, per step,
+    the examples (and distortions) to gather.
 
-    Returns:
-      As `train_loop`.
+    Raises:
+      ValueError: `num_steps` exceeds --steps_per_loop, the chunk the XLA
+        program is compiled for.
     """
     if int(num_steps) > self.config.steps_per_loop:
-      # The program is compiled for that many steps' batches.
       raise ValueError(f"a chunk of {int(num_steps)} steps is longer than --steps_per_loop="
                        f"{self.config.steps_per_loop}")
-    return self._chunk_loop(images, labels, tf.cast(num_steps, tf.int64))
+    images, labels = inputs
+    return (images, labels, *self._chunk_examples(images.shape[0]))
 
-  def _chunk_loop_fn(self, images, labels, num_steps):
-    # Which examples the chunk's steps read, computed outside XLA (index_shuffle
-    # has no XLA kernel) for a fixed `steps_per_loop` steps, so that one XLA
-    # program serves chunks of every length. The stream position of a step is
-    # step * batch, as on the tf.data path.
-    max_steps = self.config.steps_per_loop
-    batch_size = self.config.batch_size
+  @tf.function
+  def _chunk_examples(self, num_examples):
+    """The example indices [steps_per_loop, batch] and affine transforms (or None)
+    of the next `steps_per_loop` steps.
+
+    Computed outside XLA (index_shuffle has no XLA kernel, and XLA's random
+    bits differ from tf.data's) for a fixed number of steps, so one XLA program
+    serves chunks of every length. Stream position of a step: step * batch.
+    """
+    max_steps, batch_size = self.config.steps_per_loop, self.config.batch_size
     step = tf.cast(self.optimizer.iterations, tf.int64)
     positions = ((step + tf.range(max_steps, dtype=tf.int64))[:, tf.newaxis] * batch_size
                  + tf.range(batch_size, dtype=tf.int64))
-    indices = datasets.stream_indices(positions, images.shape[0], self.config.seed)
+    indices = datasets.stream_indices(positions, num_examples, self.config.seed)
     transforms = None
     if self.augmentation:
-      # Drawn here, as tf.data draws them (XLA's random bits differ), keyed by
-      # each step's first stream position; XLA only applies them.
+      # Keyed by each step's first stream position, as tf.data keys them.
       transforms = tf.map_fn(
-          lambda first: datasets.affine_transforms(
-              batch_size, datasets.augment_key(self.config.seed, first), self.augmentation),
+          lambda first: augment.affine_transforms(
+              batch_size, augment.augment_key(self.config.seed, first), self.augmentation),
           positions[:, 0], fn_output_signature=tf.float32)
-    return self._in_memory_loop(images, labels, indices, transforms, num_steps)
+    return indices, transforms
 
-  def _in_memory_loop_fn(self, images, labels, indices, transforms, num_steps):
-    def next_batch(i):
-      batch_images = datasets.normalize(tf.gather(images, indices[i]))
-      if transforms is not None:
-        batch_images = datasets.warp(batch_images, transforms[i])
-      return batch_images, tf.gather(labels, indices[i])
-    return self._loop(next_batch, num_steps)
-
-  def _loop(self, next_batch, num_steps):
-    """Runs up to `num_steps` steps; stops early at the first non-finite loss.
-
-    `next_batch(i)` gives the `(images, labels)` of the chunk's step i.
-
-    Returns:
-      dict of scalars: mean `loss` and `accuracy` over the steps run,
-      `gradient_norm` of the last step (the one the loop logs), `steps` run,
-      and `nonfinite_step` (the global step whose loss was NaN/Inf, or -1).
-    """
-    loss_sum = tf.constant(0.0)
-    correct_sum = tf.constant(0, tf.int64)
-    grad_norm = tf.constant(0.0)
-    steps = tf.constant(0, tf.int64)
-    nonfinite_step = tf.constant(-1, tf.int64)
-    for i in tf.range(num_steps):
-      step = tf.cast(self.optimizer.iterations, tf.int64) + 1
-      loss, correct, grad_norm = self.strategy.run(
-          self._replica_train_step, args=(*next_batch(i), tf.equal(i, num_steps - 1)))
-      loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-      correct = self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
-      grad_norm = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, grad_norm, axis=None)
-      steps += 1
-      if not tf.math.is_finite(loss):
-        nonfinite_step = step
-        break
-      loss_sum += loss
-      correct_sum += tf.cast(correct, tf.int64)
-    finite_steps = tf.cast(tf.maximum(steps - tf.cast(nonfinite_step >= 0, tf.int64), 1),
-                           tf.float32)
-    return {
-        "loss": loss_sum / finite_steps,
-        "accuracy": tf.cast(correct_sum, tf.float32) / (finite_steps * self.config.batch_size),
-        "gradient_norm": grad_norm,
-        "steps": steps,
-        "nonfinite_step": nonfinite_step,
-    }
-
-  # --- evaluation -------------------------------------------------------------------------
-
-  def _replica_eval_step(self, images, labels):
-    logits = tf.cast(self.model(images, training=False), tf.float32)
-    loss = tf.reduce_sum(cross_entropy(labels, logits))
-    correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                             labels), tf.int64))
-    count = tf.cast(tf.shape(labels)[0], tf.int64)
-    return loss, correct, count
-
-  def _eval_loop_fn(self, dataset):
-    loss_sum = tf.constant(0.0)
-    correct = tf.constant(0, tf.int64)
-    count = tf.constant(0, tf.int64)
-    for images, labels in dataset:
-      batch = self.strategy.run(self._replica_eval_step, args=(images, labels))
-      batch_loss, batch_correct, batch_count = (
-          self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in batch)
-      loss_sum += batch_loss
-      correct += batch_correct
-      count += batch_count
-    return loss_sum, correct, count
-
-  def evaluate(self, dataset):
-    """Evaluates on every example of a distributed finite dataset exactly once.
-
-    Returns:
-      dict with `num_examples`, `num_correct`, `accuracy` (precision @ 1) and
-      mean `loss`, as Python numbers.
-    """
-    loss_sum, correct, count = (np.asarray(t) for t in self._eval_loop(dataset))
-    count = int(count)
-    return {
-        "num_examples": count,
-        "num_correct": int(correct),
-        "accuracy": float(correct) / max(count, 1),
-        "loss": float(loss_sum) / max(count, 1),
-    }
-
-  def _predict_step_fn(self, images):
-    return tf.argmax(self.model(images, training=False), -1, output_type=tf.int32)
-
-  def predict_classes(self, dataset):
-    """The predicted class of every example of a plain (undistributed) dataset, in order.
-
-    Run once at the end for the TensorBoard pictures of the test set, so it
-    stays out of the per-replica evaluation path.
-    """
-    return np.concatenate([self._predict_step(images).numpy() for images, _ in dataset])
+  def next_batch(self, inputs, i):
+    images, labels, indices, transforms = inputs
+    batch_images = datasets.normalize(tf.gather(images, indices[i]))
+    if transforms is not None:
+      batch_images = augment.warp(batch_images, transforms[i])
+    return batch_images, tf.gather(labels, indices[i])

@@ -194,20 +194,13 @@ def our_loop(config, split, window_steps):
     (window function that runs and times `window_steps` steps, trainer, strategy).
   """
   strategy = distribute.create_strategy(config)
-  with strategy.scope():
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(distribute.precision_policy(config))
-    try:
-      model = models.create_model(config)
-    finally:
-      keras.config.set_dtype_policy(previous_policy)
-    optimizer = optimizers.create_optimizer(config)
-    optimizer.build(model.trainable_variables)
-  trainer = trainer_lib.Trainer(config, strategy, model, optimizer)
-  run_chunk = trainer.chunk_runner(split)
+  model, optimizer = trainer_lib.build_model_and_optimizer(config, strategy)
+  trainer = trainer_lib.create_trainer(config, strategy, model, optimizer)
+  inputs = trainer.inputs(split)
 
   def run(num_steps):
-    out = run_chunk(tf.constant(num_steps, tf.int64))
+    out = trainer.train(trainer.chunk_inputs(inputs, num_steps),
+                        tf.constant(num_steps, tf.int64))
     return int(out["steps"])  # Reading a value waits for the steps to finish.
 
   def window():

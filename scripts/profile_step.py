@@ -28,8 +28,6 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mnist_tf2 import config as config_lib  # pylint: disable=g-import-not-at-top
 from mnist_tf2 import datasets
-from mnist_tf2 import models
-from mnist_tf2 import optimizers
 from mnist_tf2 import trainer as trainer_lib
 
 flags.DEFINE_enum("model", "cnn", ["softmax", "mlp", "cnn"], "Model to profile.")
@@ -67,16 +65,14 @@ def main(argv):
       "batch_size": FLAGS.batch_size, "augment": False, "jit_compile": False,
       "summaries": False, "workdir": tempfile.mkdtemp()})
   split = datasets.load_splits(config).train
-  model = models.create_model(config)
-  optimizer = optimizers.create_optimizer(config)
-  optimizer.build(model.trainable_variables)
+  model, optimizer = trainer_lib.build_model_and_optimizer(config)
   trainer = trainer_lib.Trainer(config, tf.distribute.get_strategy(), model, optimizer)
   iterator = iter(datasets.train_dataset(split, batch_size=config.batch_size, seed=0))
   steps = tf.constant(FLAGS.steps, tf.int64)
 
   def timed():
     start = time.perf_counter()
-    trainer.train_loop(iterator, steps)["steps"].numpy()
+    trainer.train(iterator, steps)["steps"].numpy()
     return (time.perf_counter() - start) / FLAGS.steps * 1e3
 
   timed()  # Trace and warm up.

@@ -67,35 +67,35 @@ def cpu_seconds(fn, *args):
 def steady_state_cpu(model_name, preset, repeats, steps=1000):
   """CPU seconds per 1000 steps: (summaries off, summaries on) with the defaults."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from mnist_tf2 import datasets, models, optimizers  # pylint: disable=g-import-not-at-top
+  from mnist_tf2 import datasets  # pylint: disable=g-import-not-at-top
+  from mnist_tf2.metrics import Metrics  # pylint: disable=g-import-not-at-top
   from mnist_tf2 import summaries as summaries_lib  # pylint: disable=g-import-not-at-top
   from mnist_tf2 import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as workdir:
     base = config_lib.resolve(model_name, preset, {"workdir": workdir})
     splits = datasets.load_splits(base)
     strategy = tf.distribute.get_strategy()
-    model = models.create_model(base)
-    optimizer = optimizers.create_optimizer(base)
-    optimizer.build(model.trainable_variables)
+    model, optimizer = trainer_lib.build_model_and_optimizer(base)
     trainers = {on: trainer_lib.Trainer(base.replace(summaries=on), strategy, model, optimizer)
                 for on in (False, True)}
     iterator = iter(datasets.train_dataset(splits.train, batch_size=base.batch_size, seed=0))
     chunk = tf.constant(base.log_every, tf.int64)
     chunks = steps // base.log_every
     for trainer in trainers.values():
-      trainer.train_loop(iterator, chunk)  # Trace and warm up.
+      trainer.train(iterator, chunk)  # Trace and warm up.
     summaries = summaries_lib.Summaries(workdir, histogram_every=base.histogram_every)
     summaries.run_start(0, base, model, splits.train, ["summary_overhead"])
     per_1000 = {False: [], True: []}
     for repeat in range(repeats):
       for on in ((False, True) if repeat % 2 == 0 else (True, False)):
         per_1000[on].append(1000 / steps * sum(
-            cpu_seconds(trainers[on].train_loop, iterator, chunk) for _ in range(chunks)))
-    out = trainers[True].train_loop(iterator, chunk)
+            cpu_seconds(trainers[on].train, iterator, chunk) for _ in range(chunks)))
+    out = trainers[True].train(iterator, chunk)
+    window = Metrics().update(out)
     histogram = statistics.median(
         cpu_seconds(summaries.model_state, 1000 * (i + 1), model) for i in range(3))
     scalars = statistics.median(cpu_seconds(summaries.train_scalars, i, {
-        "loss": out["loss"], "accuracy": out["accuracy"],
+        "loss": window.loss, "accuracy": window.accuracy,
         "gradient_norm": out["gradient_norm"], "learning_rate": optimizer.learning_rate,
         "examples_per_sec": 1.0}) for i in range(10))
   off, on = statistics.median(per_1000[False]), statistics.median(per_1000[True])

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mnist_tf2 import augment
 from mnist_tf2 import config as config_lib
 from mnist_tf2 import datasets
 from mnist_tf2 import loop
 from mnist_tf2.errors import UserError
 
-AFFINE = datasets.Augmentation(shift=2.0, rotation=10.0, scale=0.1)
-FULL = datasets.Augmentation(shift=2.0, rotation=10.0, scale=0.1, elastic_alpha=34.0,
+AFFINE = augment.Augmentation(shift=2.0, rotation=10.0, scale=0.1)
+FULL = augment.Augmentation(shift=2.0, rotation=10.0, scale=0.1, elastic_alpha=34.0,
                              elastic_sigma=4.0)
 
 
@@ -64,8 +65,8 @@ def test_deterministic_under_a_seed_and_seeds_differ(digits, augmentation):
   for (a, _), (b, _) in zip(first, again):
     np.testing.assert_array_equal(a, b)
   images = datasets.normalize(digits.images[:50])
-  one = datasets.augment_batch(images, tf.constant([1, 0], tf.int64), augmentation)
-  two = datasets.augment_batch(images, tf.constant([2, 0], tf.int64), augmentation)
+  one = augment.augment_batch(images, tf.constant([1, 0], tf.int64), augmentation)
+  two = augment.augment_batch(images, tf.constant([2, 0], tf.int64), augmentation)
   assert np.all(correlation(one.numpy(), two.numpy()) < 0.999)
 
 
@@ -104,7 +105,7 @@ def test_resumed_stream_draws_the_same_distortions(digits):
 def test_zero_strengths_are_the_identity(digits):
   images = datasets.normalize(digits.images[:20])
   seed = tf.constant([0, 0], tf.int64)
-  identity = datasets.augment_batch(images, seed, datasets.Augmentation())
+  identity = augment.augment_batch(images, seed, augment.Augmentation())
   np.testing.assert_allclose(identity.numpy(), images.numpy(), atol=1e-6)
 
 
@@ -113,8 +114,8 @@ def test_fused_affine_and_sampling_grid_agree(digits):
   # reproduce the fused ImageProjectiveTransformV3 path: same geometry.
   images = datasets.normalize(digits.images[:50])
   seed = tf.constant([5, 6], tf.int64)
-  fused = datasets.augment_batch(images, seed, AFFINE)
-  grid = datasets.augment_batch(images, seed, AFFINE._replace(elastic_alpha=1e-6))
+  fused = augment.augment_batch(images, seed, AFFINE)
+  grid = augment.augment_batch(images, seed, AFFINE._replace(elastic_alpha=1e-6))
   np.testing.assert_allclose(grid.numpy(), fused.numpy(), atol=1e-4)
 
 
@@ -131,13 +132,13 @@ def test_evaluation_is_never_distorted(digits, tmp_path, monkeypatch):
       "workdir": str(tmp_path), "augment": True, "augment_elastic_alpha": 8.0})
   results = loop.train_and_evaluate(config)
   # The training stream and the TensorBoard input grid both show distorted images.
-  assert passed and all(augmentation == datasets.Augmentation(2.0, 10.0, 0.1, 8.0, 4.0)
+  assert passed and all(augmentation == augment.Augmentation(2.0, 10.0, 0.1, 8.0, 4.0)
                         for augmentation in passed)
   assert results["steps"] == config.max_steps
 
 
 def test_off_unless_asked():
-  assert datasets.Augmentation.from_config(config_lib.resolve("cnn", "smoke")) is None
+  assert augment.Augmentation.from_config(config_lib.resolve("cnn", "smoke")) is None
 
 
 @pytest.mark.parametrize("overrides, message", [

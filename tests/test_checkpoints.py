@@ -25,6 +25,7 @@ from mnist_tf2 import config as config_lib
 from mnist_tf2 import loop
 from mnist_tf2 import models
 from mnist_tf2 import optimizers
+from mnist_tf2 import trainer as trainer_lib
 from mnist_tf2.errors import Preempted
 from mnist_tf2.errors import UserError
 
@@ -102,11 +103,7 @@ def mlp_copy(finished_mlp, tmp_path):
 
 # --- exact resume -------------------------------------------------------------------------
 
-def build(config):
-  model = models.create_model(config)
-  optimizer = optimizers.create_optimizer(config)
-  optimizer.build(model.trainable_variables)
-  return model, optimizer
+build = trainer_lib.build_model_and_optimizer
 
 
 def test_optimizer_slots_round_trip(tmp_path):
@@ -226,13 +223,14 @@ def test_sigterm_saves_at_the_step_reached_and_resume_is_exact(cnn_reference, tm
 
 def test_sigint_saves_and_stops_in_process(tmp_path, monkeypatch):
   handler_before = signal.getsignal(signal.SIGINT)
-  update = loop.ProgressBar.update
+  train = loop.Controller.train
 
-  def interrupt_after_first_chunk(self, step):
-    update(self, step)
+  def interrupt_after_first_chunk(self, until):
+    step = train(self, until)
     signal.raise_signal(signal.SIGINT)  # As Ctrl-C would, between two chunks.
+    return step
 
-  monkeypatch.setattr(loop.ProgressBar, "update", interrupt_after_first_chunk)
+  monkeypatch.setattr(loop.Controller, "train", interrupt_after_first_chunk)
   config = config_lib.resolve("mlp", "smoke", {"workdir": str(tmp_path)})
   with pytest.raises(Preempted) as stopped:
     loop.train_and_evaluate(config)

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mnist_tf2 import augment
 from mnist_tf2 import datasets
 from mnist_tf2 import idx
 from mnist_tf2.errors import DataError
@@ -472,11 +473,11 @@ def test_warp_is_image_projective_transform_to_rounding_and_compiles_with_xla():
   """The XLA loop distorts with `warp`; tf.data with ImageProjectiveTransformV3."""
   images = datasets.normalize(np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1),
                                                                 dtype=np.uint8))
-  augmentation = datasets.Augmentation(shift=3.0, rotation=30.0, scale=0.3)
-  key = datasets.augment_key(7, 1234)
-  expected = datasets.augment_batch(images, key, augmentation).numpy()
-  transforms = datasets.affine_transforms(16, key, augmentation)
-  np.testing.assert_allclose(datasets.warp(images, transforms).numpy(), expected, atol=1e-5)
-  compiled = tf.function(datasets.warp, jit_compile=True)(images, transforms).numpy()
+  augmentation = augment.Augmentation(shift=3.0, rotation=30.0, scale=0.3)
+  key = augment.augment_key(7, 1234)
+  expected = augment.augment_batch(images, key, augmentation).numpy()
+  transforms = augment.affine_transforms(16, key, augmentation)
+  np.testing.assert_allclose(augment.warp(images, transforms).numpy(), expected, atol=1e-5)
+  compiled = tf.function(augment.warp, jit_compile=True)(images, transforms).numpy()
   np.testing.assert_allclose(compiled, expected, atol=1e-5)
   assert not np.allclose(expected, images.numpy(), atol=0.1)  # The images did move.

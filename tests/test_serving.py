@@ -27,6 +27,7 @@ from mnist_tf2 import loop
 from mnist_tf2 import predict
 from mnist_tf2 import restore
 from mnist_tf2.errors import UserError
+from mnist_tf2.metrics import format_eval
 
 NUM_IMAGES = 50  # per variant of the image-file test
 
@@ -241,7 +242,7 @@ def test_evaluate_command_reproduces_the_training_evaluation(trained):
   assert "Training Data Eval:" not in out
   for split, title in (("test", "Test"), ("validation", "Validation")):
     metrics = trained.results["metrics"][split]
-    assert loop.format_eval(split, metrics) in out
+    assert format_eval(split, metrics) in out
     block = out.split(f"{title} Data Eval:")[1]
     rows = re.findall(r"^ +(\d) ((?: +\d+){10})$", block, re.M)[:10]
     assert [int(label) for label, _ in rows] == list(range(10))
@@ -254,8 +255,8 @@ def test_evaluate_command_reproduces_the_training_evaluation(trained):
 def test_confusion_matrix_counts_label_prediction_pairs(trained):
   restored = restore.restore_model(trained.workdir)
   split = datasets.Split(trained.test.images[:300], trained.test.labels[:300])
-  matrix = evaluate.confusion_matrix(restored.model,
-                                     datasets.eval_dataset(split, batch_size=128))
+  matrix = evaluate.Evaluator(restored.model)(
+      datasets.eval_dataset(split, batch_size=128)).confusion_matrix
   predictions = restored.model(datasets.normalize(split.images)).numpy().argmax(-1)
   expected = np.zeros((10, 10), np.int64)
   np.add.at(expected, (split.labels, predictions), 1)

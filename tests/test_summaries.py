@@ -16,7 +16,6 @@ from conftest import REPO, read_events
 from mnist_tf2 import config as config_lib
 from mnist_tf2 import loop
 from mnist_tf2 import models
-from mnist_tf2 import optimizers
 from mnist_tf2 import pictures
 from mnist_tf2 import summaries as summaries_lib
 from mnist_tf2 import trainer as trainer_lib
@@ -131,9 +130,7 @@ def test_summaries_off_writes_nothing(tmp_path):
 def test_gradient_norm_is_the_norm_of_the_last_steps_gradient():
   # Plain SGD: the weights and the step are the optimizer's whole state.
   config = config_lib.resolve("mlp", "smoke", {"optimizer": "sgd", "learning_rate": 5.0})
-  model = models.create_model(config)
-  optimizer = optimizers.create_optimizer(config)
-  optimizer.build(model.trainable_variables)
+  model, optimizer = trainer_lib.build_model_and_optimizer(config)
   trainer = trainer_lib.Trainer(config, tf.distribute.get_strategy(), model, optimizer)
   images = tf.random.stateless_uniform([config.batch_size, 28, 28, 1], seed=[1, 2])
   labels = tf.random.stateless_uniform([config.batch_size], seed=[3, 4], maxval=10,
@@ -147,11 +144,11 @@ def test_gradient_norm_is_the_norm_of_the_last_steps_gradient():
     return tf.linalg.global_norm(tape.gradient(loss, model.trainable_variables))
 
   first = norm_now()
-  trainer.train_loop(batches, tf.constant(2, tf.int64))
+  trainer.train(batches, tf.constant(2, tf.int64))
   third = norm_now()
   model.set_weights(initial)
   optimizer.iterations.assign(0)
-  out = trainer.train_loop(batches, tf.constant(3, tf.int64))
+  out = trainer.train(batches, tf.constant(3, tf.int64))
   np.testing.assert_allclose(out["gradient_norm"], third, rtol=1e-5)
   assert abs(float(first) - float(third)) > 0.1 * float(first)  # The steps differ.
 

@@ -4,16 +4,13 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_tf2 import config as config_lib
-from mnist_tf2 import models
-from mnist_tf2 import optimizers
 from mnist_tf2 import trainer as trainer_lib
+from mnist_tf2.metrics import Metrics
 
 
 def _trainer(config):
   strategy = tf.distribute.get_strategy()
-  model = models.create_model(config)
-  optimizer = optimizers.create_optimizer(config)
-  optimizer.build(model.trainable_variables)
+  model, optimizer = trainer_lib.build_model_and_optimizer(config)
   return trainer_lib.Trainer(config, strategy, model, optimizer)
 
 
@@ -31,10 +28,10 @@ def test_loop_stops_at_the_first_nonfinite_step_and_reports_it(tmp_path):
   config = config_lib.resolve("softmax", "smoke", {"workdir": str(tmp_path), "batch_size": 8})
   trainer = _trainer(config)
   iterator = iter(_batches(config, 10, nan_batch=4))
-  out = trainer.train_loop(iterator, tf.constant(3, tf.int64))
+  out = trainer.train(iterator, tf.constant(3, tf.int64))
   assert int(out["steps"]) == 3 and int(out["nonfinite_step"]) == -1
-  assert np.isfinite(float(out["loss"]))
-  out = trainer.train_loop(iterator, tf.constant(5, tf.int64))
+  assert np.isfinite(float(out["loss_sum"]))
+  out = trainer.train(iterator, tf.constant(5, tf.int64))
   # Step 4 went non-finite: the loop stops there and names it.
   assert int(out["steps"]) == 1
   assert int(out["nonfinite_step"]) == 4
@@ -51,7 +48,9 @@ def test_loop_averages_loss_and_accuracy_over_its_finite_steps(tmp_path):
   # Near-zero learning rate: the loss of each batch is that of the initial model.
   expected = [float(trainer_lib.cross_entropy(labels, trainer.model(images)).numpy().mean())
               for images, labels in dataset.take(2)]
-  out = trainer.train_loop(iter(dataset), tf.constant(3, tf.int64))
+  out = trainer.train(iter(dataset), tf.constant(3, tf.int64))
   assert int(out["nonfinite_step"]) == 3 and int(out["steps"]) == 3
-  np.testing.assert_allclose(float(out["loss"]), np.mean(expected), rtol=1e-5)
-  assert 0.0 <= float(out["accuracy"]) <= 1.0
+  metrics = Metrics().update(out)
+  np.testing.assert_allclose(metrics.loss, np.mean(expected), rtol=1e-5)
+  assert 0.0 <= metrics.accuracy <= 1.0
+  assert metrics.num_examples == 2 * config.batch_size

@@ -6,13 +6,13 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config  # Op determinism off/on.
 
+from mnist_tf2 import augment
 from mnist_tf2 import config as config_lib
 from mnist_tf2 import datasets
 from mnist_tf2 import loop
-from mnist_tf2 import models
-from mnist_tf2 import optimizers
 from mnist_tf2 import trainer as trainer_lib
 from mnist_tf2.errors import UserError
+from mnist_tf2.metrics import Metrics
 
 
 @pytest.fixture
@@ -26,13 +26,24 @@ def no_op_determinism():
     tf_config.enable_op_determinism()
 
 
-def _trainer(config, initial_weights=None):
-  model = models.create_model(config)
-  optimizer = optimizers.create_optimizer(config)
-  optimizer.build(model.trainable_variables)
+def _trainer(config, initial_weights=None, trainer_class=None):
+  """The trainer `create_trainer` picks for `config`, or a `trainer_class` one."""
+  model, optimizer = trainer_lib.build_model_and_optimizer(config)
   if initial_weights is not None:
     model.set_weights(initial_weights)
-  return trainer_lib.Trainer(config, tf.distribute.get_strategy(), model, optimizer)
+  strategy = tf.distribute.get_strategy()
+  if trainer_class:
+    return trainer_class(config, strategy, model, optimizer)
+  return trainer_lib.create_trainer(config, strategy, model, optimizer)
+
+
+def in_xla(trainer):
+  return isinstance(trainer, trainer_lib.XlaTrainer)
+
+
+def train(trainer, inputs, num_steps):
+  """`num_steps` steps of `trainer` on `inputs`, as the loop runs a chunk."""
+  return trainer.train(trainer.chunk_inputs(inputs, num_steps), tf.constant(num_steps, tf.int64))
 
 
 def _split(config):
@@ -41,21 +52,21 @@ def _split(config):
 
 def test_only_one_replica_without_augmentation_runs_the_loop_in_xla(tmp_path):
   base = {"workdir": str(tmp_path)}
-  assert _trainer(config_lib.resolve("mlp", "smoke", {**base, "jit_compile": True})).loop_in_xla
-  assert not _trainer(config_lib.resolve("mlp", "smoke", base)).loop_in_xla
-  assert _trainer(config_lib.resolve("mlp", "smoke", {
-      **base, "jit_compile": True, "augment": True})).loop_in_xla
+  assert in_xla(_trainer(config_lib.resolve("mlp", "smoke", {**base, "jit_compile": True})))
+  assert not in_xla(_trainer(config_lib.resolve("mlp", "smoke", base)))
+  assert in_xla(_trainer(config_lib.resolve("mlp", "smoke", {
+      **base, "jit_compile": True, "augment": True})))
   # Elastic distortion smooths its field with a convolution: tf.data keeps it.
-  assert not _trainer(config_lib.resolve("mlp", "smoke", {
-      **base, "jit_compile": True, "augment": True, "augment_elastic_alpha": 8.0})).loop_in_xla
-  # On a CPU, XLA's convolutions inside a loop are 70x slower: the cnn keeps
-  # the tf.data loop (XLA then compiles each replica's forward and backward).
-  assert not _trainer(config_lib.resolve("cnn", "smoke", {**base, "jit_compile": True})
-                      ).loop_in_xla
+  assert not in_xla(_trainer(config_lib.resolve("mlp", "smoke", {
+      **base, "jit_compile": True, "augment": True, "augment_elastic_alpha": 8.0})))
+  # On a CPU, XLA's convolutions inside a loop are slow (README, Performance):
+  # the cnn keeps the tf.data loop (XLA then compiles each replica's forward
+  # and backward).
+  assert not in_xla(_trainer(config_lib.resolve("cnn", "smoke", {**base, "jit_compile": True})))
 
 
-@pytest.mark.parametrize("model, augment", [("mlp", False), ("mlp", True), ("cnn", False)])
-def test_xla_loop_trains_like_the_tf_data_loop(model, augment, tmp_path, no_op_determinism):
+@pytest.mark.parametrize("model, augmented", [("mlp", False), ("mlp", True), ("cnn", False)])
+def test_xla_loop_trains_like_the_tf_data_loop(model, augmented, tmp_path, no_op_determinism):
   """Same examples in the same order, same distortions and updates (to float rounding).
 
   (SGD: Adam would magnify float rounding in near-zero gradients. Without
@@ -63,7 +74,7 @@ def test_xla_loop_trains_like_the_tf_data_loop(model, augment, tmp_path, no_op_d
   kernel for the same stateless seed.)
   """
   overrides = {"workdir": str(tmp_path), "optimizer": "sgd", "learning_rate": 0.05,
-               "steps_per_loop": 5, "augment": augment,
+               "steps_per_loop": 5, "augment": augmented,
                **({"dropout_rate": 0.0} if model == "cnn" else {})}
   plain = config_lib.resolve(model, "smoke", overrides)
   xla = config_lib.resolve(model, "smoke", {**overrides, "jit_compile": True})
@@ -71,18 +82,20 @@ def test_xla_loop_trains_like_the_tf_data_loop(model, augment, tmp_path, no_op_d
   keras.utils.set_random_seed(0)  # The same initial weights whatever ran before.
   reference = _trainer(plain)
   initial_weights = reference.model.get_weights()
-  fused = _trainer(xla, initial_weights)
-  # (The cnn runs this path on GPUs only; it is called directly here.)
-  assert fused.loop_in_xla == (model == "mlp") and not reference.loop_in_xla
+  # (The cnn runs this path on GPUs only; it is built directly here.)
+  fused = _trainer(xla, initial_weights, trainer_lib.XlaTrainer)
+  chosen = trainer_lib.create_trainer(xla, fused.strategy, fused.model, fused.optimizer)
+  assert in_xla(chosen) == (model == "mlp") and not in_xla(reference)
   iterator = iter(datasets.train_dataset(split, batch_size=plain.batch_size, seed=plain.seed,
-                                         augmentation=datasets.Augmentation.from_config(plain)))
+                                         augmentation=augment.Augmentation.from_config(plain)))
   images, labels = tf.constant(split.images), tf.constant(split.labels)
   for num_steps in (5, 3, 5):  # Chunks of several lengths: one XLA program for all.
-    a = reference.train_loop(iterator, tf.constant(num_steps, tf.int64))
-    b = fused.train_loop_in_memory(images, labels, tf.constant(num_steps, tf.int64))
+    a = reference.train(iterator, tf.constant(num_steps, tf.int64))
+    b = train(fused, (images, labels), num_steps)
     assert int(a["steps"]) == int(b["steps"]) == num_steps
-    np.testing.assert_allclose(float(b["loss"]), float(a["loss"]), rtol=1e-4)
-    assert float(b["accuracy"]) == pytest.approx(float(a["accuracy"]), abs=1e-6)
+    a, b = Metrics().update(a), Metrics().update(b)
+    np.testing.assert_allclose(b.loss, a.loss, rtol=1e-4)
+    assert b.accuracy == pytest.approx(a.accuracy, abs=1e-6)
   assert int(fused.optimizer.iterations) == 13
   # The two paths round differently (XLA's kernels vs oneDNN's), so compare
   # how far each moved the weights: their difference as a fraction of the
@@ -101,10 +114,10 @@ def test_xla_loop_stops_at_the_first_nonfinite_step(tmp_path):
   split = _split(config)
   trainer = _trainer(config)
   images, labels = tf.constant(split.images), tf.constant(split.labels)
-  out = trainer.train_loop_in_memory(images, labels, tf.constant(3, tf.int64))
+  out = train(trainer, (images, labels), 3)
   assert int(out["steps"]) == 3 and int(out["nonfinite_step"]) == -1
   trainer.model.logits.bias.assign(tf.fill([10], np.nan))
-  out = trainer.train_loop_in_memory(images, labels, tf.constant(5, tf.int64))
+  out = train(trainer, (images, labels), 5)
   assert int(out["steps"]) == 1 and int(out["nonfinite_step"]) == 4
   assert int(trainer.optimizer.iterations) == 4
 
@@ -115,8 +128,7 @@ def test_a_chunk_longer_than_steps_per_loop_is_refused(tmp_path):
   split = _split(config)
   trainer = _trainer(config)
   with pytest.raises(ValueError, match="longer than --steps_per_loop=4"):
-    trainer.train_loop_in_memory(tf.constant(split.images), tf.constant(split.labels),
-                                 tf.constant(5, tf.int64))
+    train(trainer, trainer.inputs(split), 5)
   assert int(trainer.optimizer.iterations) == 0
 
 
@@ -165,10 +177,10 @@ def test_xla_loop_measures_the_gradient_norm_of_its_last_step(tmp_path):
     return float(tf.linalg.global_norm(tape.gradient(loss, model.trainable_variables)))
 
   before = norm_now()
-  trainer.train_loop_in_memory(images, labels, tf.constant(2, tf.int64))
+  train(trainer, (images, labels), 2)
   expected = norm_now()
   model.set_weights(initial)
   trainer.optimizer.iterations.assign(0)
-  out = trainer.train_loop_in_memory(images, labels, tf.constant(3, tf.int64))
+  out = train(trainer, (images, labels), 3)
   np.testing.assert_allclose(float(out["gradient_norm"]), expected, rtol=1e-4)
   assert abs(before - expected) > 1e-3 * before  # Two steps of training changed it.
