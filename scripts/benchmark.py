@@ -55,6 +55,7 @@ from mnist_tf2 import distribute
 from mnist_tf2 import models
 from mnist_tf2 import optimizers
 from mnist_tf2 import trainer as trainer_lib
+from mnist_tf2.evaluate import Evaluator
 
 flags.DEFINE_enum("model", "cnn", ["softmax", "mlp", "cnn"], "Model to benchmark.")
 flags.DEFINE_string("output", "", "Write the results as JSON to this file.")
@@ -305,11 +306,12 @@ def eval_rate(trainer, strategy, config, split):
   data = strategy.distribute_datasets_from_function(
       lambda ctx: datasets.eval_dataset(split, batch_size=config.eval_batch_size,
                                         input_context=ctx))
-  trainer.evaluate(data)
+  evaluator = Evaluator(trainer.model, strategy)
+  evaluator(data)
   rates = []
   for _ in range(3):
     start = time.perf_counter()
-    count = trainer.evaluate(data)["num_examples"]
+    count = evaluator(data).num_examples
     rates.append(count / (time.perf_counter() - start))
   return statistics.median(rates)
 
