@@ -25,6 +25,7 @@ from mnist_tf2 import evaluate
 from mnist_tf2 import export
 from mnist_tf2 import loop
 from mnist_tf2 import predict
+from mnist_tf2 import preprocess
 from mnist_tf2 import restore
 from mnist_tf2.errors import UserError
 from mnist_tf2.metrics import format_eval
@@ -276,64 +277,6 @@ def test_parse_splits_refuses(text):
     evaluate.parse_splits(text)
 
 
-# --- predict: the MNIST-style fitting ------------------------------------------------------
-
-
-def _stroke_image(size, background, ink, box):
-  """A thick 'L'-shaped stroke inside `box` (top, left, bottom, right) of an image."""
-  image = np.full(size, background, np.uint8)
-  top, left, bottom, right = box
-  image[top:bottom, left:left + (right - left) // 4] = ink
-  image[bottom - (bottom - top) // 5:bottom, left:right] = ink
-  return image
-
-
-def _check_mnist_like(image):
-  """Bounding box longer side ~20, centre of mass at (14, 14), ink light on 0."""
-  assert image.shape == (28, 28) and image.dtype == np.uint8
-  assert image.max() == 255 and image[0].max() == 0 and image[:, 0].max() == 0
-  rows = np.flatnonzero((image > 25).any(1))
-  cols = np.flatnonzero((image > 25).any(0))
-  assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 in (20, 21)
-  ys, xs = np.indices(image.shape)
-  total = image.sum()
-  assert abs((image * ys).sum() / total - 14) <= 0.5
-  assert abs((image * xs).sum() / total - 14) <= 0.5
-
-
-@pytest.mark.parametrize("background, ink", [(0, 255), (255, 0), (230, 40), (20, 200)])
-def test_fit_off_centre_digit_in_a_large_image(background, ink):
-  grey = _stroke_image((300, 500), background, ink, (20, 380, 220, 480)).astype(np.float32)
-  _check_mnist_like(predict.fit_to_mnist(predict.to_ink(grey)))
-
-
-def test_fit_uses_alpha_when_drawn_on_transparent_background(tmp_path):
-  for colour in (0, 255):  # black or white ink: only the alpha says what was drawn
-    alpha = _stroke_image((120, 90), 0, 255, (10, 10, 100, 70))
-    rgba = np.zeros((120, 90, 4), np.uint8)
-    rgba[..., :3] = colour
-    rgba[..., 3] = alpha
-    path = tmp_path / f"transparent{colour}.png"
-    Image.fromarray(rgba).save(path)
-    _check_mnist_like(predict.prepare(str(path))[..., 0])
-
-
-def test_fit_reads_16_bit_greyscale(tmp_path):
-  grey = _stroke_image((64, 64), 0, 255, (5, 5, 60, 40)).astype(np.uint16) * 257
-  path = tmp_path / "deep.png"
-  Image.fromarray(grey).save(path)
-  _check_mnist_like(predict.prepare(str(path))[..., 0])
-
-
-def test_refitting_mnist_digits_keeps_them_in_place(trained):
-  # MNIST digits already are fitted: refitting moves few pixels.
-  images = trained.test.images[:100, ..., 0]
-  refitted = np.stack([predict.fit_to_mnist(predict.to_ink(im.astype(np.float32)))
-                       for im in images])
-  moved = np.abs(refitted.astype(int) - images).mean()
-  assert moved < 10, moved
-
-
 # --- predict: files -------------------------------------------------------------------------
 
 
@@ -390,7 +333,7 @@ def test_predict_command_answers_good_files_and_one_line_per_bad_one(trained, tm
       "empty.png": lambda p: p.write_bytes(b""),
       "text.png": lambda p: p.write_text("not an image at all"),
       "huge_pixels.png": lambda p: _png_header_only(p, 8000, 8000),
-      "huge_file.png": lambda p: os.truncate(p, predict.MAX_FILE_BYTES + 1),
+      "huge_file.png": lambda p: os.truncate(p, preprocess.MAX_FILE_BYTES + 1),
       "truncated.png": lambda p: p.write_bytes(open(good[0], "rb").read()[:60]),
       "blank.png": lambda p: Image.new("L", (40, 40), 255).save(p),
       "a_directory.png": lambda p: p.mkdir(),
@@ -419,7 +362,7 @@ def test_predict_command_answers_good_files_and_one_line_per_bad_one(trained, tm
   expected = {
       "missing.png": "no such file",
       "empty.png": "the file is empty",
-      "text.png": "not a PNG, JPEG, BMP or GIF image",
+      "text.png": "not a PNG, JPEG, BMP, GIF, TIFF or WEBP image",
       "huge_pixels.png": "8000x8000 pixels is more than the 50,000,000 pixel limit",
       "huge_file.png": "the file is 50 MiB, more than the 50 MiB limit",
       "truncated.png": "cannot decode the image: ",
@@ -485,3 +428,99 @@ def test_export_falls_back_past_an_unreadable_newest_checkpoint(tmp_path, capsys
   assert restored.step == 10 and restored.checkpoint.endswith("ckpt-10")
   assert re.search(r"ckpt-20 is unreadable .*; falling back to ckpt-10", capsys.readouterr().out)
   assert export.is_saved_model(str(tmp_path / "export"))
+
+
+# --- predict: photos and scans --------------------------------------------------------------
+
+
+def _confident_digits(classifier, test, count=10):
+  """Indices of `count` test digits, one per class in turn, the model reads right with p > 0.95."""
+  probabilities = classifier.probabilities(test.images)
+  chosen = []
+  for label in range(count):
+    right = np.flatnonzero((test.labels == label % 10) & (probabilities.argmax(-1) == test.labels)
+                           & (probabilities.max(-1) > 0.95))
+    chosen.append(int(right[label // 10]))
+  return chosen
+
+
+def test_photo_conditions_are_read_as_the_clean_digit(trained, tmp_path):
+  """One file per condition of scripts/predict_eval.py, made here, each read right."""
+  from test_preprocess import load_predict_eval
+  predict_eval = load_predict_eval()
+  classifier = predict.Classifier(trained.export_dir)
+  chosen = _confident_digits(classifier, trained.test, len(predict_eval.CONDITIONS))
+  paths, labels = [], []
+  for i, (condition, render) in enumerate(predict_eval.CONDITIONS.items()):
+    paths.append(tmp_path / condition)
+    paths[-1].write_bytes(render(trained.test.images[chosen[i], ..., 0],
+                                 np.random.default_rng(i)))
+    labels.append(int(trained.test.labels[chosen[i]]))
+  records = predict.predict_files(classifier, [str(p) for p in paths])
+  read = {r["file"].rsplit("/", 1)[1]: r["top_k"][0][0] if "top_k" in r else r["error"]
+          for r in records}
+  wrong = {name: (answer, label) for (name, answer), label in zip(read.items(), labels)
+           if answer != label}
+  assert not wrong, wrong
+
+
+def _page_with(digit, page, top_left, digit_px, light=None, noise=0.0, rng=None):
+  """A dark digit (its 20-pixel box `digit_px` wide) on a grey page (230 where lit)."""
+  size = round(28 * digit_px / 20)
+  ink = np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC),
+                   np.float32) / 255.0
+  reflectance = np.full(page, 0.9, np.float32)
+  y, x = top_left
+  reflectance[y:y + size, x:x + size] = 0.9 - 0.8 * np.clip(ink, 0, 1)
+  image = 255.0 * reflectance * (1.0 if light is None else light)
+  if noise:
+    image = image + rng.normal(0, noise, page)
+  return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
+def test_uneven_light_and_noise_and_a_stray_speck(trained, tmp_path):
+  """The issue's inputs: each read as the model reads the clean digit."""
+  classifier = predict.Classifier(trained.export_dir)
+  chosen = _confident_digits(classifier, trained.test)
+  rng = np.random.default_rng(0)
+  gradient = np.linspace(230 / 230, 180 / 230, 600, dtype=np.float32)[np.newaxis, :]
+  paths = []
+  for n, i in enumerate(chosen):
+    digit = trained.test.images[i, ..., 0]
+    lit = _page_with(digit, (600, 600), (150, 170), 200, light=gradient, noise=4.0, rng=rng)
+    paths.append(tmp_path / f"light_{n}.jpg")
+    Image.fromarray(lit).save(paths[-1], quality=90)
+    speck = _page_with(digit, (400, 400), (40, 40), 200)
+    speck[380:383, 385:388] = 0  # one 3x3 black dot, far from the digit
+    paths.append(tmp_path / f"speck_{n}.png")
+    Image.fromarray(speck).save(paths[-1])
+  records = predict.predict_files(classifier, [str(p) for p in paths])
+  expected = np.repeat(trained.test.labels[chosen], 2)
+  assert [r["top_k"][0][0] for r in records] == expected.tolist()
+  for record in records[1::2]:  # the speck is left out of the digit's box
+    assert record["found"]["box"][2] < 330 and record["found"]["ignored_marks"] == 1
+
+
+def test_predict_json_gives_the_box_and_save_inputs_writes_what_the_model_saw(trained,
+                                                                              tmp_path):
+  digit = trained.test.images[0, ..., 0]
+  (tmp_path / "sub").mkdir()
+  first, second = tmp_path / "page.jpg", tmp_path / "sub" / "page.png"
+  Image.fromarray(_page_with(digit, (300, 400), (50, 180), 120)).save(first, quality=90)
+  Image.fromarray(_page_with(digit, (200, 200), (10, 10), 100)).save(second)
+  seen = tmp_path / "seen"
+  result = run_module("mnist_tf2.predict", f"--export_dir={trained.export_dir}", "--json",
+                      f"--save_inputs={seen}", str(first), str(second), timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  answers = [json.loads(line) for line in result.stdout.splitlines()]
+  assert [a["input_png"] for a in answers] == [str(seen / "page.mnist.png"),
+                                               str(seen / "page-2.mnist.png")]
+  assert answers[0]["image_size"] == [400, 300] and answers[1]["image_size"] == [200, 200]
+  left, top, right, bottom = answers[0]["box"]
+  # The digit's 20-pixel box is 120 pixels wide from (180, 50); its ink lies within.
+  assert 180 <= left < right <= 180 + 168 and 50 <= top < bottom <= 50 + 168
+  assert right - left > 30 and bottom - top > 80
+  for answer, path in zip(answers, (first, second)):
+    expected, _ = preprocess.prepare(str(path))
+    np.testing.assert_array_equal(np.asarray(Image.open(answer["input_png"])), expected[..., 0])
+    assert answer["class"] == trained.test.labels[0]
