@@ -232,6 +232,15 @@ def _shrink(pixels: np.ndarray, size: int) -> np.ndarray:
   return shrunk.reshape(shrunk.shape[:2] + (pixels.shape[2],))
 
 
+def _coarse(pixels: np.ndarray, fraction: float) -> tuple[np.ndarray, int]:
+  """[H, W] area-averaged to ~128 pixels a side, and an odd window size of `fraction` of that."""
+  height, width = pixels.shape
+  factor = max(1, round(max(height, width) / 128))
+  small = _cv2().resize(pixels, (max(1, width // factor), max(1, height // factor)),
+                        interpolation=_cv2().INTER_AREA)
+  return small, 2 * max(1, round(max(small.shape) * fraction / 2)) + 1
+
+
 def _is_light_on_dark(grey: np.ndarray) -> bool:
   """Whether the strokes of [H, W] are lighter than the paper around them.
 
@@ -241,11 +250,7 @@ def _is_light_on_dark(grey: np.ndarray) -> bool:
   table is its own neighbourhood's majority, so it does not decide.
   """
   cv2 = _cv2()
-  height, width = grey.shape
-  factor = max(1, round(max(height, width) / 128))
-  small = cv2.resize(grey, (max(1, width // factor), max(1, height // factor)),
-                     interpolation=cv2.INTER_AREA)
-  size = 2 * max(1, round(max(small.shape) / 6)) + 1
+  small, size = _coarse(grey, 1 / 3)
   small = np.clip(small, 0, 255).astype(np.uint8)
   deviation = small.astype(np.float32) - cv2.medianBlur(small, size)
   return bool(np.quantile(deviation, 0.995) > np.quantile(-deviation, 0.995))
@@ -257,8 +262,8 @@ def ink_darkness(colour: np.ndarray) -> tuple[np.ndarray, bool]:
   The channels are weighted by how much the paper (the median colour) and the
   ink (the median of the 1% of pixels farthest from it) differ in each, so
   coloured ink on coloured paper keeps its contrast. Light strokes on a dark
-  background (chalk, an inverted MNIST image) are inverted: the polarity is
-  that of the thin features, not of the largest areas.
+  background (chalk, an MNIST image) are inverted: an even border is paper,
+  else the polarity is that of the strokes, not of the largest areas.
 
   Raises:
     UserError: the image has a single colour.
@@ -272,37 +277,41 @@ def ink_darkness(colour: np.ndarray) -> tuple[np.ndarray, bool]:
   if weights.max() < 1.0:
     raise UserError("no digit found: the image is blank or has no contrast")
   grey = colour @ (weights / weights.sum()).astype(np.float32)
-  inverted = _is_light_on_dark(grey)
+  border = grey[_border_mask(grey.shape)]
+  low, high = np.quantile(border, [0.05, 0.95])
+  darkest, lightest = np.quantile(grey.ravel()[::max(1, grey.size // 100_000)], [0.005, 0.995])
+  if high - low < 0.2 * (lightest - darkest):
+    # An even border is paper (a drawing, a scan, a crop): its side of the range says.
+    inverted = bool(np.median(border) < (darkest + lightest) / 2)
+  else:  # Shadows, vignetting, noise or ink on the border: the strokes say.
+    inverted = _is_light_on_dark(grey)
   return (255.0 - grey if inverted else grey), inverted
 
 
-def paper_level(darkness: np.ndarray) -> np.ndarray:
+def paper_level(darkness: np.ndarray, window: float = 1 / 6) -> np.ndarray:
   """float [H, W]: the brightness the paper has under each pixel, ink removed.
 
-  A morphological closing (max- then min-filter) over 1/6 of the image, at
-  1/8 of the analysis resolution: every stroke narrower than that is replaced
-  by the paper around it, while light gradients, vignetting and even the sharp
+  A morphological closing (max- then min-filter) over `window` of the image's
+  longer side, at ~128 pixels: every stroke narrower than that is replaced by
+  the paper around it, while light gradients, vignetting and even the sharp
   edge of a shadow are kept, so they do not read as ink.
   """
   cv2 = _cv2()
   height, width = darkness.shape
-  factor = max(1, round(max(height, width) / 128))
-  small = cv2.resize(darkness, (max(1, width // factor), max(1, height // factor)),
-                     interpolation=cv2.INTER_AREA)
-  size = 2 * max(1, round(max(small.shape) / 12)) + 1
+  small, size = _coarse(darkness, window)
   kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (size, size))
   paper = cv2.morphologyEx(small, cv2.MORPH_CLOSE, kernel, borderType=cv2.BORDER_REPLICATE)
   return cv2.resize(paper, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def ink_map(darkness: np.ndarray) -> tuple[np.ndarray, float]:
+def ink_map(darkness: np.ndarray, paper: np.ndarray) -> tuple[np.ndarray, float]:
   """(float [H, W] in [0, 1]: the fraction of light the ink absorbed; the map's noise std).
 
-  Sensor noise and JPEG artefacts are smoothed by a Gaussian whose width grows
-  with the image (a pixel of a large photo is a small part of a stroke).
+  `paper` is paper_level's. Sensor noise and JPEG artefacts are smoothed by a
+  Gaussian whose width grows with the image (a pixel of a large photo is a
+  small part of a stroke).
   """
   cv2 = _cv2()
-  paper = paper_level(darkness)
   ink = (paper - darkness) / np.maximum(paper, 1.0)
   sigma = max(darkness.shape) / 600
   if sigma >= 0.5:
@@ -378,6 +387,29 @@ def find_digit(ink: np.ndarray, noise: float) -> tuple[np.ndarray, np.ndarray, i
     raise UserError(f"no digit found: the largest mark is {size} pixels across, a speck")
   digit = np.isin(labels, np.flatnonzero(keep) + 1)
   return digit, box, int(np.sum(~keep & (areas >= 4)))
+
+
+def locate(darkness: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+  """ink_map() then find_digit(), the paper's window widened while strokes fill it.
+
+  A stroke wider than the window reads as paper with an outline (a bold digit
+  cropped tightly): the paper found under it is then nearly as dark as the ink.
+  A wider window follows shadows less closely, so it is widened only then.
+
+  Returns:
+    (ink map, digit mask, box, ignored marks) as ink_map and find_digit give them.
+  """
+  window = 1 / 6
+  while True:
+    paper = paper_level(darkness, window)
+    ink, noise = ink_map(darkness, paper)
+    digit, box, ignored = find_digit(ink, noise)
+    region = (slice(box[1], box[3]), slice(box[0], box[2]))
+    pen = float(np.quantile(darkness[digit], 0.1))
+    under = paper[region]
+    if window >= 1 or under.min() > pen + 0.25 * (under.max() - pen):
+      return ink, digit, box, ignored
+    window = min(1.0, 2 * window)
 
 
 # --- Redrawing it as MNIST's were made ---------------------------------------------------------
@@ -483,8 +515,7 @@ def prepare(source) -> tuple[np.ndarray, dict]:
   image, (width, height) = read_image(source)
   colour, alpha = to_arrays(image)
   darkness, inverted = ink_darkness(_shrink(_flatten_alpha(colour, alpha), ANALYSIS_SIZE))
-  ink, noise = ink_map(darkness)
-  digit, box, ignored = find_digit(ink, noise)
+  ink, digit, box, ignored = locate(darkness)
   shape = digit_shape(ink, digit, box)
   width_found = stroke_width(shape) / CANVAS_SCALE
   mnist = centre_in_mnist(_set_stroke_width(shape, width_found))

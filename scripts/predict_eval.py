@@ -132,7 +132,8 @@ def specks(page, rng, keep_clear: np.ndarray, count=(5, 25)):
   for _ in range(int(rng.integers(*count))):
     radius = int(rng.integers(1, 5))
     y, x = int(rng.integers(0, page[0])), int(rng.integers(0, page[1]))
-    if not keep_clear[max(0, y - radius - 6):y + radius + 6, max(0, x - radius - 6):x + radius + 6].any():
+    margin = radius + 6
+    if not keep_clear[max(0, y - margin):y + margin, max(0, x - margin):x + margin].any():
       cv2.circle(out, (x, y), radius, 1.0, -1)
   return out
 
