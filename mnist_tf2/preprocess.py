@@ -65,6 +65,8 @@ MIN_CONTRAST = 0.06
 INSIDE_PART = 0.01
 NEAR_PART = 0.03
 NEAR_GAP = 0.3
+# A mark smaller than this fraction of the image's longer side is a speck, not a digit.
+MIN_SIZE = 0.04
 
 
 def _cv2():
@@ -87,6 +89,8 @@ def _file_bytes(source) -> io.BytesIO | str:
   else:
     data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else (
         source.read(MAX_FILE_BYTES + 1))
+    if not isinstance(data, bytes):
+      raise UserError(f"expected the file's bytes, got {type(data).__name__} (open it in binary mode)")
     size, path = len(data), io.BytesIO(data)
   if size == 0:
     raise UserError("the file is empty")
@@ -328,10 +332,9 @@ def ink_map(darkness: np.ndarray, paper: np.ndarray) -> tuple[np.ndarray, float]
 def _grow(boxes: np.ndarray, areas: np.ndarray, main: int, inner: np.ndarray) -> np.ndarray:
   """bool [N]: the component `main` plus those inside its box or near it, repeatedly.
 
-  Unless the digit itself touches the image's edge, what does (a shadow's or
-  the page's edge, a table) is not part of it.
+  What lies along the image's edge (`inner` false: a shadow, a table) is not
+  part of it.
   """
-  candidates = inner if inner[main] else np.ones(len(areas), bool)
   keep = np.zeros(len(areas), bool)
   keep[main] = True
   box = boxes[main]
@@ -341,7 +344,7 @@ def _grow(boxes: np.ndarray, areas: np.ndarray, main: int, inner: np.ndarray) ->
     gap_x = np.maximum(0, np.maximum(boxes[:, 0], box[0]) - np.minimum(boxes[:, 2], box[2]))
     gap_y = np.maximum(0, np.maximum(boxes[:, 1], box[1]) - np.minimum(boxes[:, 3], box[3]))
     near = np.hypot(gap_x, gap_y) <= NEAR_GAP * size
-    add = candidates & ~keep & ((inside & (areas >= INSIDE_PART * areas[main]))
+    add = inner & ~keep & ((inside & (areas >= INSIDE_PART * areas[main]))
                    | (near & (areas >= NEAR_PART * areas[main])))
     if not add.any():
       return keep
@@ -349,11 +352,22 @@ def _grow(boxes: np.ndarray, areas: np.ndarray, main: int, inner: np.ndarray) ->
     box = np.concatenate([boxes[keep, :2].min(0), boxes[keep, 2:].max(0)])
 
 
+def _off_the_edge(labels: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+  """bool [N]: which components are not lying along the image's edge.
+
+  A digit cropped tightly touches the edge at a few pixels; a shadow, the
+  page's edge or a table runs along it.
+  """
+  edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+  on_edge = np.bincount(edge, minlength=len(boxes) + 1)[1:]
+  return on_edge < 0.2 * np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
 def find_digit(ink: np.ndarray, noise: float) -> tuple[np.ndarray, np.ndarray, int]:
   """The digit's components in an ink map.
 
   Thresholds the map at 40% of the strong ink level (and well above the noise),
-  takes the largest component not touching the border (or the largest), then
+  takes the largest component not lying along the image's edge, then
   adds the components inside its box or near it, growing the box, so a digit
   drawn in several strokes or broken by a faint pen stays whole while specks,
   texture and distant marks stay out.
@@ -378,12 +392,14 @@ def find_digit(ink: np.ndarray, noise: float) -> tuple[np.ndarray, np.ndarray, i
   boxes = np.stack([stats[1:, 0], stats[1:, 1], stats[1:, 0] + stats[1:, 2],
                     stats[1:, 1] + stats[1:, 3]], axis=1)
   height, width = ink.shape
-  inner = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < width) & (boxes[:, 3] < height)
-  main = int(np.argmax(np.where(inner, areas, -1.0) if inner.any() else areas))
+  inner = _off_the_edge(labels, boxes)
+  if not inner.any():
+    raise UserError("no digit found: only marks along the image's edge (a shadow, a table)")
+  main = int(np.argmax(np.where(inner, areas, -1.0)))
   keep = _grow(boxes, areas, main, inner)
   box = np.concatenate([boxes[keep, :2].min(0), boxes[keep, 2:].max(0)])
   size = max(box[2] - box[0], box[3] - box[1])
-  if size < max(4, 0.02 * max(height, width)):
+  if size < max(4, MIN_SIZE * max(height, width)):
     raise UserError(f"no digit found: the largest mark is {size} pixels across, a speck")
   digit = np.isin(labels, np.flatnonzero(keep) + 1)
   return digit, box, int(np.sum(~keep & (areas >= 4)))

@@ -34,13 +34,18 @@ sys.path.insert(0, REPO)
 from mnist_tf2 import preprocess  # pylint: disable=g-import-not-at-top
 from mnist_tf2.errors import UserError  # pylint: disable=g-import-not-at-top
 
-flags.DEFINE_string("export_dir", "", "The SavedModel to measure (from mnist_tf2.export).")
-flags.DEFINE_integer("num_digits", 1000, "Test digits per condition (a seeded sample).")
-flags.DEFINE_integer("seed", 0, "Seed of the sample and of every rendering.")
-flags.DEFINE_list("conditions", [], "Only these conditions (default: all).")
-flags.DEFINE_bool("timing", True, "Also time prepare() on a 12-megapixel JPEG.")
-flags.DEFINE_string("save_examples", "", "Write each condition's first file and its 28x28 here.")
-flags.DEFINE_bool("measure_strokes", False, "Print MNIST's stroke-width percentiles and exit.")
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("export_dir", "", "The SavedModel to measure (from mnist_tf2.export).")
+  flags.DEFINE_integer("num_digits", 1000, "Test digits per condition (a seeded sample).")
+  flags.DEFINE_integer("seed", 0, "Seed of the sample and of every rendering.")
+  flags.DEFINE_list("conditions", [], "Only these conditions (default: all).")
+  flags.DEFINE_bool("timing", True, "Also time prepare() on a 12-megapixel JPEG.")
+  flags.DEFINE_string("save_examples", "", "Write each condition's first file and its 28x28 "
+                      "input here.")
+  flags.DEFINE_bool("measure_strokes", False, "Print MNIST's stroke-width percentiles and exit.")
+
 
 DIGIT_PX = 160  # the digit's 20-pixel MNIST box becomes this many pixels
 PAGE_PX = 360
@@ -359,4 +364,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -5,6 +5,7 @@ what the clean drawing of the same digit gives. Reading them with a trained
 model is in test_serving.py (test_photo_conditions_are_read_as_the_clean_digit).
 """
 
+import functools
 import importlib.util
 import io
 import os
@@ -19,6 +20,7 @@ from mnist_tf2 import preprocess
 from mnist_tf2.errors import UserError
 
 
+@functools.cache
 def load_predict_eval():
   """scripts/predict_eval.py as a module: its renderers make the photo-like files."""
   spec = importlib.util.spec_from_file_location(
@@ -164,3 +166,42 @@ def test_a_blank_16_bit_page_has_no_digit():
   noisy = np.random.default_rng(0).normal(40000, 30, (200, 200)).astype(np.uint16)
   with pytest.raises(UserError, match="^no digit found"):
     preprocess.prepare(_file(noisy))
+
+
+# --- Photos without a digit, and bad input ------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", ["shadow", "vignetting", "light_gradient", "texture", "noise",
+                                  "specks"])
+def test_a_photo_of_paper_without_a_digit_says_so(page):
+  predict_eval = load_predict_eval()
+  size = (360, 360)
+  for seed in range(4):
+    rng = np.random.default_rng(seed)
+    blank = np.zeros(size, np.float32)
+    options = {
+        "shadow": lambda: {"light": predict_eval.shadow(size, rng), "noise": 2},
+        "vignetting": lambda: {"light": predict_eval.vignetting(size, rng), "noise": 2},
+        "light_gradient": lambda: {"light": predict_eval.light_gradient(size, rng), "noise": 4},
+        "texture": lambda: {"reflectance": predict_eval.texture(size, rng), "noise": 3},
+        "noise": lambda: {"noise": 16},
+        "specks": lambda: {"noise": 2},
+    }[page]()
+    if page == "specks":
+      blank = predict_eval.specks(size, rng, np.zeros(size, bool))
+    data = predict_eval.encode(predict_eval.photograph(blank, rng, **options), "JPEG", quality=90)
+    with pytest.raises(UserError, match="^no digit found: "):
+      preprocess.prepare(data)
+
+
+@pytest.mark.parametrize("source, message", [
+    (io.StringIO("text"), "expected the file's bytes, got str (open it in binary mode)"),
+    (io.BytesIO(b""), "the file is empty"),
+    (_file(np.arange(4096, dtype=np.uint8).reshape(64, 64)).getvalue()[:80],
+     "cannot decode the image: "),
+    (b"%PDF-1.4 not an image", "not a PNG, JPEG, BMP, GIF, TIFF or WEBP image"),
+], ids=["text_mode", "empty", "truncated_png", "pdf"])
+def test_bad_file_objects_are_one_line_errors(source, message):
+  with pytest.raises(UserError) as error:
+    preprocess.prepare(source)
+  assert str(error.value).startswith(message) and "\n" not in str(error.value)
