@@ -367,7 +367,8 @@ def find_digit(ink: np.ndarray, noise: float) -> tuple[np.ndarray, np.ndarray, i
   """The digit's components in an ink map.
 
   Thresholds the map at 40% of the strong ink level (and well above the noise),
-  takes the largest component not lying along the image's edge, then
+  takes the largest component not lying along the image's edge (if there is
+  one: a shadow's edge, a table; else the largest: a tight crop), then
   adds the components inside its box or near it, growing the box, so a digit
   drawn in several strokes or broken by a faint pen stays whole while specks,
   texture and distant marks stay out.
@@ -393,8 +394,8 @@ def find_digit(ink: np.ndarray, noise: float) -> tuple[np.ndarray, np.ndarray, i
                     stats[1:, 1] + stats[1:, 3]], axis=1)
   height, width = ink.shape
   inner = _off_the_edge(labels, boxes)
-  if not inner.any():
-    raise UserError("no digit found: only marks along the image's edge (a shadow, a table)")
+  if not inner.any():  # Cropped so tightly that the digit runs along the edge.
+    inner = np.ones_like(inner)
   main = int(np.argmax(np.where(inner, areas, -1.0)))
   keep = _grow(boxes, areas, main, inner)
   box = np.concatenate([boxes[keep, :2].min(0), boxes[keep, 2:].max(0)])

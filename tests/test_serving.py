@@ -524,3 +524,22 @@ def test_predict_json_gives_the_box_and_save_inputs_writes_what_the_model_saw(tr
     expected, _ = preprocess.prepare(str(path))
     np.testing.assert_array_equal(np.asarray(Image.open(answer["input_png"])), expected[..., 0])
     assert answer["class"] == trained.test.labels[0]
+
+
+def test_save_input_never_writes_over_an_input_or_an_earlier_picture(tmp_path):
+  image = np.zeros((28, 28, 1), np.uint8)
+  image[10:18, 12:16] = 255
+  inputs = [tmp_path / "a.mnist.png", tmp_path / "other" / "a.mnist.png"]
+  inputs[0].write_bytes(b"the user's own file")
+  taken = {os.path.abspath(p) for p in inputs}
+  # a.mnist.png -> stem "a.mnist" -> a.mnist.mnist.png; then the same name again -> -2.
+  written = [predict.save_input(image, str(p), str(tmp_path), taken) for p in inputs]
+  assert written == [str(tmp_path / "a.mnist.mnist.png"), str(tmp_path / "a.mnist-2.mnist.png")]
+  inputs.append(tmp_path / "b.png")
+  taken.add(str(tmp_path / "b.mnist.png"))  # as if b.mnist.png were an input too
+  assert predict.save_input(image, str(inputs[2]), str(tmp_path), taken) == str(
+      tmp_path / "b-2.mnist.png")
+  assert inputs[0].read_bytes() == b"the user's own file"
+  np.testing.assert_array_equal(np.asarray(Image.open(written[0]))[..., np.newaxis], image)
+  with pytest.raises(UserError, match="^cannot write .*nowhere"):
+    predict.save_input(image, "c.png", str(tmp_path / "nowhere"), set())
