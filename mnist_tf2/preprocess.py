@@ -90,7 +90,8 @@ def _file_bytes(source) -> io.BytesIO | str:
     data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else (
         source.read(MAX_FILE_BYTES + 1))
     if not isinstance(data, bytes):
-      raise UserError(f"expected the file's bytes, got {type(data).__name__} (open it in binary mode)")
+      raise UserError(f"expected the file's bytes, got {type(data).__name__} "
+                      "(open it in binary mode)")
     size, path = len(data), io.BytesIO(data)
   if size == 0:
     raise UserError("the file is empty")
