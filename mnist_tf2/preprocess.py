@@ -34,7 +34,9 @@ from PIL import Image
 from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
+from mnist_tf2.constants import IMAGE_SHAPE
 from mnist_tf2.errors import UserError
+from mnist_tf2.errors import first_line
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 # Far beyond any photo of a digit; refused before decoding, so a decompression
@@ -46,7 +48,7 @@ MAX_PIXELS = 50_000_000
 # photo's side would be lost, one that small is not legible anyway.
 ANALYSIS_SIZE = 1024
 
-MNIST_SIZE = 28  # the image
+MNIST_SIZE = IMAGE_SHAPE[0]  # the image
 MNIST_BOX = 20  # the box the digit's bounding box is scaled into
 CANVAS_SCALE = 4  # the digit's shape is redrawn at this multiple of the MNIST scale
 # Stroke width (2 * area / perimeter of the binary shape) in MNIST pixels when the
@@ -138,8 +140,7 @@ def read_image(source) -> tuple[Image.Image, tuple[int, int]]:
     raise UserError("permission denied") from None
   except (OSError, SyntaxError, ValueError, EOFError, KeyError) as e:
     # Pillow reports broken and truncated files with any of these.
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise UserError(f"cannot decode the image: {reason}") from None
+    raise UserError(f"cannot decode the image: {first_line(e)}") from None
 
 
 def _deep_to_8_bit(pixels: np.ndarray) -> np.ndarray:
