@@ -17,25 +17,36 @@ import importlib.util
 import json
 import os
 import pathlib
+import textwrap
 from typing import Any
 
 from mnist_tf2 import constants
 from mnist_tf2.errors import UserError
 
 
+_group = ""
+
+
+def _section(title: str) -> None:
+  """Starts a group of fields: `--help` lists the flags in these groups, in this order."""
+  global _group
+  _group = title
+
+
 def _field(default, help_text, **choices):
-  return dataclasses.field(default=default, metadata={"help": help_text, **choices})
+  return dataclasses.field(default=default,
+                           metadata={"help": help_text, "group": _group, **choices})
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Everything that defines a run. Field names are the flag names."""
 
-  # What to train.
+  _section("What to train")
   model: str = _field("cnn", "Model: softmax, mlp or cnn.", choices=("softmax", "mlp", "cnn"))
   preset: str = _field("default", "Preset in configs/<model>.py: seed, default, fast, smoke, ...")
 
-  # Data.
+  _section("Data")
   data_source: str = _field(
       "bundled", "Where MNIST comes from: bundled (shipped in the package), idx (--data_dir), "
       "tfds (--dataset) or fake (tiny synthetic data for tests).",
@@ -50,12 +61,12 @@ class Config:
                                 "set as the validation split.")
   fake_examples: int = _field(512, "Training examples of --data_source=fake.")
 
-  # Model.
+  _section("Model")
   hidden1: int = _field(128, "mlp: units in the first hidden layer.")
   hidden2: int = _field(32, "mlp: units in the second hidden layer.")
   dropout_rate: float = _field(0.4, "cnn: dropout rate before the logits (training only).")
 
-  # Optimisation.
+  _section("Optimisation")
   optimizer: str = _field("adam", "sgd, momentum, adam or adamw.",
                           choices=("sgd", "momentum", "adam", "adamw"))
   learning_rate: float = _field(1e-3, "Peak learning rate.")
@@ -71,7 +82,7 @@ class Config:
   eval_batch_size: int = _field(1000, "Batch size for evaluation.")
   max_steps: int = _field(2000, "Number of training steps to run.")
 
-  # The loop.
+  _section("The loop")
   steps_per_loop: int = _field(100, "Training steps run inside one tf.function call.")
   log_every: int = _field(100, "Print the 'Step N: loss = ...' line every N steps.")
   eval_every: int = _field(0, "Evaluate every N steps (0: only at the end).")
@@ -85,7 +96,7 @@ class Config:
   workdir: str = _field("", "Where checkpoints, summaries, config.json and results.json go "
                         "(alias --train_dir; default /tmp/mnist_tf2/<model>-<preset>).")
 
-  # Distribution.
+  _section("Distribution")
   strategy: str = _field("auto", "auto, default, one_device, mirrored, multi_worker or tpu.",
                          choices=("auto", "default", "one_device", "mirrored", "multi_worker",
                                   "tpu"))
@@ -101,7 +112,8 @@ class Config:
                              "distorted, forward, backward, update) is one XLA program; "
                              "otherwise each replica's forward and backward pass.")
 
-  # Data augmentation (training only; each strength at 0 turns its distortion off).
+  # Each strength at 0 turns its distortion off.
+  _section("Data augmentation (training only)")
   augment: bool = _field(False, "Randomly distort training images (never evaluation ones) "
                          "by the --augment_* strengths below.")
   augment_shift: float = _field(2.0, "Largest random shift, pixels (each axis).")
@@ -112,7 +124,7 @@ class Config:
   augment_elastic_sigma: float = _field(4.0, "Smoothness of the elastic displacement field: "
                                         "the Gaussian's sigma, pixels.")
 
-  # TensorBoard.
+  _section("TensorBoard")
   summaries: bool = _field(True, "Write TensorBoard summaries (false: none at all, and the "
                            "train step skips the gradient norm; e.g. to time training "
                            "without them).")
@@ -121,7 +133,7 @@ class Config:
   profile_steps: str = _field("", "Write a profiler trace of the steps from global step A to "
                               "B, given as A,B (e.g. 100,110; empty: none).")
 
-  # Export.
+  _section("Export")
   export_dir: str = _field("", "If set, export a SavedModel there at the end of training.")
 
   def replace(self, **changes) -> "Config":
@@ -179,6 +191,41 @@ def _check_type(name: str, value: Any) -> Any:
   return value
 
 
+COMMAND_LINE = "command line"
+BUILT_IN = "built-in default"
+
+# Preset fields that count steps of the run: fractions of the preset's
+# --max_steps, so a run of another length keeps its shape and its number of
+# evaluation points (see `_fit_run_length`). Not log_every, steps_per_loop or
+# checkpoint_every: they are about output, speed and wall time, and never
+# conflict with a run's length (the last step is always logged and saved).
+RUN_LENGTH_FIELDS = ("warmup_steps", "eval_every")
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+  """A Config plus where each value came from and what was adjusted.
+
+  Attributes:
+    config: the validated Config.
+    sources: field -> COMMAND_LINE, "preset <model>/<name>" or BUILT_IN.
+    preset_values: field -> value the preset (over the built-in defaults) gave,
+      before the command line.
+    notes: one line per value changed to fit the command line (e.g. a preset's
+      warm-up scaled to a shorter --max_steps); commands print them.
+  """
+  config: Config
+  sources: dict[str, str]
+  preset_values: dict[str, Any]
+  notes: tuple[str, ...] = ()
+
+  def changed(self) -> dict[str, Any]:
+    """Fields the command line set to a value other than the preset's."""
+    return {name: getattr(self.config, name) for name, source in self.sources.items()
+            if source == COMMAND_LINE and name != "workdir"
+            and getattr(self.config, name) != self.preset_values.get(name)}
+
+
 def resolve(model: str, preset: str = "default", overrides: dict[str, Any] | None = None
            ) -> Config:
   """Builds and validates the Config for `model` and `preset` plus `overrides`.
@@ -189,51 +236,139 @@ def resolve(model: str, preset: str = "default", overrides: dict[str, Any] | Non
     overrides: field -> value given explicitly (flags); wins over the preset.
 
   Returns:
-    The validated Config.
+    The validated Config (`resolve_with_sources` also says where each value
+    came from).
 
   Raises:
-    UserError: on an unknown model, preset or field, a wrong type, or a value
-      out of range; the message is one line.
+    UserError: on an unknown model, preset or field, a wrong type, a value
+      out of range, or flags of the command line that contradict each other;
+      the message is one line and names each value's source.
+  """
+  return resolve_with_sources(model, preset, overrides).config
+
+
+def resolve_with_sources(model: str, preset: str = "default",
+                         overrides: dict[str, Any] | None = None,
+                         chosen: tuple[str, ...] = ("model", "preset")) -> Resolved:
+  """As `resolve`, returning the `Resolved` record.
+
+  `chosen` names which of model and preset were given (not their defaults).
+
+  A value the command line did not set never contradicts one it did: preset
+  step counts scale with a different --max_steps, and a preset setting that
+  cannot go with a flag gives way to it (each with a line in `notes`). Only
+  flags of the command line contradicting each other, or a flag that asks for
+  what the run cannot give, are refused.
   """
   overrides = dict(overrides or {})
   presets = load_presets(model)
   if preset not in presets:
     raise UserError(f"unknown --preset={preset!r} for --model={model}; "
                     f"choose one of: {', '.join(presets)}")
-  values = {"model": model, "preset": preset}
-  for source in (presets[preset], overrides):
-    for name, value in source.items():
-      if name not in FIELDS:
-        raise UserError(f"unknown config field {name!r}")
-      values[name] = _check_type(name, value)
-  for name, only_for in MODEL_ONLY_FIELDS.items():
-    if name in overrides and model != only_for:
-      raise UserError(f"--{name} applies to --model={only_for} only, not --model={model}")
-  for name in overrides:
-    if name.startswith("augment_") and not values.get("augment"):
-      raise UserError(f"--{name} has no effect without --augment")
-  if values.get("fake_data"):
-    if overrides.get("data_source", "fake") != "fake":
-      raise UserError(f"--fake_data contradicts --data_source={overrides['data_source']}")
-    values["data_source"] = "fake"
-  source = values.get("data_source", FIELDS["data_source"].default)
-  for name, only_for in SOURCE_ONLY_FIELDS.items():
-    if name in overrides and source != only_for:
-      raise UserError(f"--{name} applies to --data_source={only_for} only, "
-                      f"not --data_source={source}")
-  optimizer = values.get("optimizer", FIELDS["optimizer"].default)
-  if "momentum" in overrides and optimizer != "momentum":
-    raise UserError(f"--momentum applies to --optimizer=momentum only, not "
-                    f"--optimizer={optimizer}")
-  if not values.get("workdir"):
+  values = {name: field.default for name, field in FIELDS.items()}
+  sources = dict.fromkeys(FIELDS, BUILT_IN)
+  values.update(model=model, preset=preset)
+  sources.update(dict.fromkeys(chosen, COMMAND_LINE))
+  for name, value in presets[preset].items():
+    if name not in FIELDS:
+      raise UserError(f"unknown config field {name!r} in preset {model}/{preset}")
+    values[name] = _check_type(name, value)
+    sources[name] = f"preset {model}/{preset}"
+  preset_values = dict(values)
+  for name, value in overrides.items():
+    if name not in FIELDS:
+      raise UserError(f"unknown config field {name!r}")
+    values[name] = _check_type(name, value)
+    sources[name] = COMMAND_LINE
+  notes = _fit_run_length(values, sources, preset_values)
+  notes += _settle_conflicts(values, sources)
+  _check_applies(values, sources, overrides)
+  if not values["workdir"]:
     values["workdir"] = os.path.join("/tmp/mnist_tf2", f"{model}-{preset}")
   config = Config(**values)
-  validate(config)
-  return config
+  validate(config, sources)
+  return Resolved(config, sources, preset_values, tuple(notes))
 
 
-def validate(config: Config) -> None:
-  """Raises a one-line UserError if a field is out of range."""
+def describe(name: str, values, sources: dict[str, str]) -> str:
+  """`--name=value (source)`: a value and where it came from, for messages."""
+  value = values[name] if isinstance(values, dict) else getattr(values, name)
+  source = sources.get(name)
+  return f"--{name}={value} ({source})" if source else f"--{name}={value}"
+
+
+def _fit_run_length(values, sources, preset_values) -> list[str]:
+  """Scales the preset's step counts to a --max_steps given on the command line."""
+  preset_steps, steps = preset_values["max_steps"], values["max_steps"]
+  if sources["max_steps"] != COMMAND_LINE or steps == preset_steps or steps <= 0:
+    return []
+  changed = []
+  for name in RUN_LENGTH_FIELDS:
+    old = values[name]
+    if sources[name] == COMMAND_LINE or old <= 0:
+      continue
+    new = round(old * steps / preset_steps)
+    # Warm-up stays below the run; evaluation is never more frequent than the
+    # log line (a 5-step check need not evaluate 5 times).
+    new = min(new, steps - 1) if name == "warmup_steps" else max(new, values["log_every"])
+    if new != old:
+      values[name] = new
+      sources[name] = f"{sources[name]}, scaled to --max_steps={steps}"
+      changed.append(f"{name} {old} -> {new}")
+  if not changed:
+    return []
+  return [f"Scaled with --max_steps={steps} (the preset runs {preset_steps}): "
+          f"{', '.join(changed)}"]
+
+
+def _settle_conflicts(values, sources) -> list[str]:
+  """A preset setting that cannot go with a flag gives way to the flag."""
+  notes = []
+  if values["deterministic"] and values["jit_compile"] and values["model"] == "cnn":
+    # XLA has no deterministic max-pool gradient.
+    given = [name for name in ("deterministic", "jit_compile")
+             if sources[name] == COMMAND_LINE]
+    if len(given) == 1:
+      other = "jit_compile" if given == ["deterministic"] else "deterministic"
+      notes.append(f"--{given[0]} (command line) turns off {describe(other, values, sources)}"
+                   ": the cnn has no deterministic XLA max-pool gradient")
+      values[other] = False
+      sources[other] = f"turned off by --{given[0]}"
+  return notes
+
+
+def _check_applies(values, sources, overrides) -> None:
+  """Refuses a flag that the rest of the config would silently ignore."""
+  model = values["model"]
+  for name, only_for in MODEL_ONLY_FIELDS.items():
+    if name in overrides and model != only_for:
+      raise UserError(f"--{name} applies to --model={only_for} only, not "
+                      f"{describe('model', values, sources)}")
+  for name in overrides:
+    if name.startswith("augment_") and not values["augment"]:
+      raise UserError(f"--{name} has no effect without --augment "
+                      f"({describe('augment', values, sources)})")
+  if values["fake_data"]:
+    if overrides.get("data_source", "fake") != "fake":
+      raise UserError(f"--fake_data contradicts --data_source={overrides['data_source']} "
+                      "(both on the command line)")
+    values["data_source"] = "fake"
+    sources["data_source"] = "--fake_data"
+  for name, only_for in SOURCE_ONLY_FIELDS.items():
+    if name in overrides and values["data_source"] != only_for:
+      raise UserError(f"--{name} applies to --data_source={only_for} only, not "
+                      f"{describe('data_source', values, sources)}")
+  if "momentum" in overrides and values["optimizer"] != "momentum":
+    raise UserError(f"--momentum applies to --optimizer=momentum only, not "
+                    f"{describe('optimizer', values, sources)}")
+
+
+def validate(config: Config, sources: dict[str, str] | None = None) -> None:
+  """Raises a one-line UserError if a field is out of range.
+
+  `sources` (field -> where the value came from) only enriches the messages.
+  """
+  sources = sources or {}
   for name, field in FIELDS.items():
     choices = field.metadata.get("choices")
     value = getattr(config, name)
@@ -265,11 +400,12 @@ def validate(config: Config) -> None:
     # A newer checkpoint is only trusted once written; keep the previous one.
     raise UserError(f"--max_to_keep must be at least 2, got {config.max_to_keep}")
   if config.warmup_steps >= config.max_steps and config.warmup_steps > 0:
-    raise UserError(f"--warmup_steps={config.warmup_steps} must be below "
-                    f"--max_steps={config.max_steps}")
+    raise UserError(f"{describe('warmup_steps', config, sources)} must be below "
+                    f"{describe('max_steps', config, sources)}")
   if config.deterministic and config.jit_compile and config.model == "cnn":
-    raise UserError("--deterministic and --jit_compile cannot be combined for the cnn: XLA "
-                    "has no deterministic max-pool gradient; drop one of them")
+    raise UserError(f"{describe('deterministic', config, sources)} and "
+                    f"{describe('jit_compile', config, sources)} cannot be combined for the "
+                    "cnn: XLA has no deterministic max-pool gradient; drop one of them")
   if config.tpu and config.strategy != "tpu":
     raise UserError(f"--tpu={config.tpu!r} applies to --strategy=tpu only, not "
                     f"--strategy={config.strategy}")
@@ -284,8 +420,8 @@ def validate(config: Config) -> None:
   if profile and not config.summaries:
     raise UserError("--profile_steps needs summaries on; drop --summaries=false")
   if profile and profile[1] > config.max_steps:
-    raise UserError(f"--profile_steps={config.profile_steps} ends after "
-                    f"--max_steps={config.max_steps}")
+    raise UserError(f"{describe('profile_steps', config, sources)} ends after "
+                    f"{describe('max_steps', config, sources)}")
 
 
 def profile_range(profile_steps: str) -> tuple[int, int] | None:
@@ -311,6 +447,29 @@ def check_batch_fits(config: Config, split_sizes: dict[str, int]) -> None:
 
 
 # --- absl flags -----------------------------------------------------------------------------
+
+
+def flags_help() -> str:
+  """The train command's flags for --help: the presets, then every field by group."""
+  lines = ["Presets (configs/<model>.py; --preset=NAME, the fields each one sets; your "
+           "flags win):"]
+  for model in FIELDS["model"].metadata["choices"]:
+    for name, values in load_presets(model).items():
+      settings = " ".join(f"{key}={value}" for key, value in values.items())
+      lines.extend(textwrap.wrap(f"{model}/{name}: {settings}", width=98,
+                                 initial_indent="  ", subsequent_indent="      "))
+  group = None
+  for name, field in FIELDS.items():
+    if field.metadata["group"] != group:
+      group = field.metadata["group"]
+      lines.extend(["", f"{group}:"])
+    shown = repr(field.default) if field.type is str else field.default
+    lines.append(f"  --{name}  (default: {shown})")
+    lines.extend(textwrap.wrap(field.metadata["help"], width=98, initial_indent="      ",
+                               subsequent_indent="      "))
+  lines.append("  --train_dir  alias of --workdir (the tutorials' name)")
+  return "\n".join(lines)
+
 
 _ALIASES = {"train_dir": "workdir"}
 
@@ -339,8 +498,15 @@ def define_flags(flag_values=None) -> None:
 
 def config_from_flags(flag_values=None) -> Config:
   """Resolves the Config from parsed absl flags."""
+  return resolve_flags(flag_values).config
+
+
+def resolve_flags(flag_values=None) -> Resolved:
+  """Resolves the Config from parsed absl flags, with each value's source."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   flag_values = flags.FLAGS if flag_values is None else flag_values
   overrides = {name: flag_values[name].value for name in FIELDS
-               if name not in ("model", "preset") and flag_values[name].present}
-  return resolve(flag_values.model, flag_values.preset, overrides)
+               if flag_values[name].present}
+  chosen = tuple(name for name in ("model", "preset") if name in overrides)
+  return resolve_with_sources(overrides.pop("model", flag_values.model),
+                              overrides.pop("preset", flag_values.preset), overrides, chosen)

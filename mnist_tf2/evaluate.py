@@ -5,24 +5,13 @@ split of the data the run trained on, prints the tutorial's evaluation lines
 and the 10x10 confusion matrix (rows: true label, columns: predicted label).
 """
 
-import os
-
-# Quieter TensorFlow start-up (no INFO lines); set before TensorFlow is imported.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-from absl import logging
-import tensorflow as tf
 
-from mnist_tf2 import datasets
-from mnist_tf2 import restore
-from mnist_tf2 import trainer as trainer_lib
+from mnist_tf2 import cli
 from mnist_tf2.constants import NUM_CLASSES
 from mnist_tf2.constants import SPLIT_TITLES
 from mnist_tf2.constants import SPLITS
 from mnist_tf2.errors import UserError
-from mnist_tf2.errors import one_line_errors
 from mnist_tf2.metrics import Metrics
 from mnist_tf2.metrics import format_confusion
 from mnist_tf2.metrics import format_eval
@@ -43,12 +32,15 @@ class Evaluator:
   """Evaluates a model on every example of a finite dataset exactly once.
 
   Training calls it on its distributed evaluation datasets, this command on
-  a plain one (the default strategy).
+  a plain one (the default strategy). (TensorFlow is imported in the methods,
+  so that the command's --help does not load it.)
   """
 
   def __init__(self, model, strategy=None):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     self.model = model
     self.strategy = strategy or tf.distribute.get_strategy()
+    self._run = tf.function(self._run)
 
   def __call__(self, dataset) -> Metrics:
     """Returns the `Metrics` of `dataset`, with its confusion matrix."""
@@ -57,6 +49,8 @@ class Evaluator:
 
   def eval_step(self, images, labels):
     """This replica's summed loss and confusion matrix on one batch."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from mnist_tf2 import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
     logits = tf.cast(self.model(images, training=False), tf.float32)
     loss = tf.reduce_sum(trainer_lib.cross_entropy(labels, logits))
     predictions = tf.argmax(logits, -1, output_type=tf.int32)
@@ -64,8 +58,8 @@ class Evaluator:
                                       dtype=tf.int64)
     return loss, matrix
 
-  @tf.function
   def _run(self, dataset):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     loss_sum = tf.constant(0.0)
     matrix = tf.zeros([NUM_CLASSES, NUM_CLASSES], tf.int64)
     for images, labels in dataset:
@@ -84,6 +78,9 @@ def evaluate_workdir(workdir: str, splits=SPLITS) -> dict:
     {split: {"num_examples", "num_correct", "accuracy", "confusion_matrix"}}
     for every requested split that has examples.
   """
+  # pylint: disable=g-import-not-at-top  (TensorFlow: imported after the flags)
+  from mnist_tf2 import datasets
+  from mnist_tf2 import restore
   restored = restore.restore_model(workdir)
   config = restored.config
   step = "" if restored.step is None else f" (step {restored.step})"
@@ -109,24 +106,20 @@ def evaluate_workdir(workdir: str, splits=SPLITS) -> dict:
 def define_flags() -> None:
   # Defined only when run as the command: train.py defines a --workdir too, and
   # a process may import both modules.
-  flags.DEFINE_string("workdir", "", "The training workdir (its config.json and checkpoints/).")
-  flags.DEFINE_alias("train_dir", "workdir")
+  cli.define_workdir_flag("The training workdir (its config.json and checkpoints/).")
   flags.DEFINE_string("splits", ",".join(SPLITS),
                       "Comma-separated splits to evaluate: train, validation, test.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)
-  flag_values = flags.FLAGS
-  with one_line_errors():
-    splits = parse_splits(flag_values.splits)
-    if not flag_values.workdir:
-      raise UserError("--workdir is empty; name the training workdir to evaluate")
-    evaluate_workdir(flag_values.workdir, splits)
+  del argv  # cli.run refused positional arguments.
+  splits = parse_splits(flags.FLAGS.splits)
+  if not flags.FLAGS.workdir:
+    raise UserError("--workdir is empty; name the training workdir to evaluate")
+  cli.import_tensorflow()
+  evaluate_workdir(flags.FLAGS.workdir, splits)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, help_text=lambda: cli.command_help(__doc__, ["workdir", "splits"]))

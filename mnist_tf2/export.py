@@ -1,12 +1,30 @@
 """Export a trained model as a SavedModel: `python -m mnist_tf2.export --workdir=W --export_dir=E`.
 
-The SavedModel's `serving_default` signature takes raw MNIST pixels and needs
-nothing from this package to load (`tf.saved_model.load`, `saved_model_cli`,
-TensorFlow Serving):
+The SavedModel needs nothing from this package to load (`tf.saved_model.load`,
+`saved_model_cli`, TensorFlow Serving). Its signatures, the contract a client
+(or a REST front end) relies on:
 
-  images         uint8   [batch, 28, 28, 1]  0 = background, 255 = ink
-  -> probabilities float32 [batch, 10]
-     classes       int64   [batch]
+  serving_default   the default, what TF Serving and saved_model_cli call
+    images          float32 [batch, 28, 28, 1]  pixels in [0, 1]: 0 = background,
+                    1 = ink (MNIST's 0-255 grey levels divided by 255), digits
+                    white on black, centred as in MNIST
+  serving_uint8     the same model fed MNIST's own bytes
+    images          uint8   [batch, 28, 28, 1]  0 = background, 255 = ink
+
+  both return
+    probabilities   float32 [batch, 10]  softmax over the digits 0-9
+    classes         int64   [batch]      the most probable digit
+
+`serving_default` refuses input outside [0, 1] (or NaN): the call fails with
+InvalidArgumentError "images must be float32 pixels in [0, 1] ...". Why a float
+default that checks its range: a standard client converts whatever it sends to
+the input's dtype before the model sees it. With a uint8 input, `saved_model_cli
+run --inputs images=X.npy` with X float32 in [0, 1] (what Keras and the
+tutorials feed a model) truncates every pixel to 0 and answers "5" for every
+image, and the model cannot tell. With a float input, the usual mistake the
+other way (0-255 grey levels sent unscaled, e.g. as JSON numbers over TF
+Serving's REST API) arrives as values above 1 and is refused. Clients that hold
+raw bytes use `serving_uint8`, whose every value is in range.
 
 An existing non-empty export directory is replaced only with `--overwrite`, and
 only if it holds a SavedModel; the new export is written next to it and swapped
@@ -17,48 +35,55 @@ import os
 import shutil
 import tempfile
 
-# Quieter TensorFlow start-up (no INFO lines); set before TensorFlow is imported.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-from absl import logging
-import tensorflow as tf
 
-from mnist_tf2 import datasets
+from mnist_tf2 import cli
 from mnist_tf2.constants import IMAGE_SHAPE
-from mnist_tf2 import models
-from mnist_tf2 import restore
 from mnist_tf2.errors import UserError
 from mnist_tf2.errors import first_line
-from mnist_tf2.errors import one_line_errors
 
 SIGNATURE_KEY = "serving_default"
-IMAGES_SPEC = tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name="images")
+UINT8_SIGNATURE_KEY = "serving_uint8"
+OUT_OF_RANGE = ("images must be float32 pixels in [0, 1] (0 = background, 1 = ink); "
+                "divide 0-255 grey levels by 255, or send uint8 to the "
+                f"{UINT8_SIGNATURE_KEY} signature")
 
 
-class ServingModule(tf.Module):
-  """The model behind a serving signature that takes raw uint8 pixels."""
+def serving_module(model):
+  """A `tf.Module` whose `serve` and `serve_uint8` are the signatures (see the module doc)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from mnist_tf2 import datasets  # pylint: disable=g-import-not-at-top
 
-  def __init__(self, model):
-    super().__init__()
+  def predict(pixels):
+    logits = model(pixels, training=False)
+    # Mixed-precision models compute logits in 16 bits; serve float32.
+    logits = tf.cast(logits, tf.float32)
+    return {"probabilities": tf.nn.softmax(logits),
+            "classes": tf.argmax(logits, axis=-1, output_type=tf.int64)}
 
-    @tf.function(input_signature=[IMAGES_SPEC])
-    def serve(images):
-      # Normalised exactly as in training (datasets.normalize), inside the
-      # graph, so clients send the pixels as they are.
-      logits = model(datasets.normalize(images), training=False)
-      # Mixed-precision models compute logits in 16 bits; serve float32.
-      logits = tf.cast(logits, tf.float32)
-      return {"probabilities": tf.nn.softmax(logits),
-              "classes": tf.argmax(logits, axis=-1, output_type=tf.int64)}
+  @tf.function(input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32,
+                                              name="images")])
+  def serve(images):
+    # NaN fails both comparisons, so it is refused too.
+    in_range = tf.reduce_all((images >= 0.0) & (images <= 1.0))
+    with tf.control_dependencies([tf.debugging.Assert(in_range, [OUT_OF_RANGE])]):
+      return predict(tf.identity(images))
 
-    self.serve = serve
-    # Track the TensorFlow variables the function reads rather than the Keras
-    # model: a saved Keras 3 model object leaves its variables where the TF1
-    # loader (saved_model_cli run, TensorFlow Serving) does not restore them,
-    # and it fails with "Could not find variable ...".
-    self.model_variables = list(serve.get_concrete_function().variables)
+  @tf.function(input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8,
+                                              name="images")])
+  def serve_uint8(images):
+    # Normalised exactly as in training (datasets.normalize), inside the graph.
+    return predict(datasets.normalize(images))
+
+  module = tf.Module()
+  module.serve = serve
+  module.serve_uint8 = serve_uint8
+  # Track the TensorFlow variables the functions read rather than the Keras
+  # model: a saved Keras 3 model object leaves its variables where the TF1
+  # loader (saved_model_cli run, TensorFlow Serving) does not restore them,
+  # and it fails with "Could not find variable ...".
+  module.model_variables = list(serve.get_concrete_function().variables)
+  return module
 
 
 def is_saved_model(path: str) -> bool:
@@ -107,9 +132,11 @@ def export_model(model, config, export_dir: str, overwrite: bool = False) -> Non
   # Export a plain copy: its variables are ordinary ones whatever strategy
   # trained the model, so saving is a purely local act (no collective ops
   # needed from other workers) and the SavedModel holds no distribution state.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from mnist_tf2 import models  # pylint: disable=g-import-not-at-top
   serving_model = models.create_model(config)
   serving_model.set_weights(model.get_weights())
-  module = ServingModule(serving_model)
+  module = serving_module(serving_model)
 
   export_dir = os.path.abspath(export_dir)
   parent, name = os.path.split(export_dir)
@@ -117,7 +144,8 @@ def export_model(model, config, export_dir: str, overwrite: bool = False) -> Non
   try:
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{name}.new-", dir=parent)
-    tf.saved_model.save(module, staging, signatures={SIGNATURE_KEY: module.serve})
+    tf.saved_model.save(module, staging, signatures={
+        SIGNATURE_KEY: module.serve, UINT8_SIGNATURE_KEY: module.serve_uint8})
     _swap_in(staging, export_dir)
   except (OSError, tf.errors.OpError) as e:
     # tf.saved_model.save reports a full or unwritable disk as an OpError.
@@ -154,6 +182,7 @@ def export_workdir(workdir: str, export_dir: str, overwrite: bool = False):
   if not workdir:
     raise UserError("--workdir is empty; name the training workdir to export from")
   check_export_dir(export_dir, overwrite)
+  from mnist_tf2 import restore  # pylint: disable=g-import-not-at-top  (TensorFlow)
   restored = restore.restore_model(workdir)
   export_model(restored.model, restored.config, export_dir, overwrite)
   return restored
@@ -162,25 +191,27 @@ def export_workdir(workdir: str, export_dir: str, overwrite: bool = False):
 def define_flags() -> None:
   # Defined only when run as the command: train.py defines flags of the same
   # names, and a process may import both modules.
-  flags.DEFINE_string("workdir", "", "The training workdir (its config.json and checkpoints/).")
-  flags.DEFINE_alias("train_dir", "workdir")
+  cli.define_workdir_flag("The training workdir (its config.json and checkpoints/).")
   flags.DEFINE_string("export_dir", "", "Where to write the SavedModel.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing SavedModel in --export_dir.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)
+  del argv  # cli.run refused positional arguments.
   flag_values = flags.FLAGS
-  with one_line_errors():
-    restored = export_workdir(flag_values.workdir, flag_values.export_dir,
-                              flag_values.overwrite)
+  if not flag_values.workdir:
+    raise UserError("--workdir is empty; name the training workdir to export from")
+  check_export_dir(flag_values.export_dir, flag_values.overwrite)
+  cli.import_tensorflow()
+  restored = export_workdir(flag_values.workdir, flag_values.export_dir,
+                            flag_values.overwrite)
   step = "" if restored.step is None else f" (step {restored.step})"
   print(f"Exported the {restored.config.model} model of {restored.checkpoint}{step} to "
-        f"{os.path.abspath(flag_values.export_dir)}")
+        f"{os.path.abspath(flag_values.export_dir)} (signatures {SIGNATURE_KEY}: float32 "
+        f"pixels in [0, 1]; {UINT8_SIGNATURE_KEY}: uint8 0-255)")
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, help_text=lambda: cli.command_help(
+      __doc__, ["workdir", "export_dir", "overwrite"]))

@@ -17,20 +17,14 @@ import json
 import os
 import sys
 
-# Quieter TensorFlow start-up (no INFO lines); set before TensorFlow is imported.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-from absl import logging
 import numpy as np
 from PIL import Image
-import tensorflow as tf
 
+from mnist_tf2 import cli
 from mnist_tf2.constants import NUM_CLASSES
 from mnist_tf2.errors import UserError
 from mnist_tf2.errors import first_line
-from mnist_tf2.errors import one_line_errors
 from mnist_tf2.export import is_saved_model
 from mnist_tf2.preprocess import MNIST_SIZE
 from mnist_tf2.preprocess import prepare
@@ -42,9 +36,10 @@ PREDICT_BATCH = 256
 
 
 class Classifier:
-  """The `serving_default` signature of an exported model."""
+  """The uint8 signature of an exported model (`serving_uint8`, see mnist_tf2.export)."""
 
   def __init__(self, export_dir: str):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     if not is_saved_model(export_dir):
       raise UserError(f"--export_dir={export_dir} holds no SavedModel (no saved_model.pb); "
                       "create one with python -m mnist_tf2.export")
@@ -53,20 +48,26 @@ class Classifier:
       self.loaded = tf.saved_model.load(export_dir)
     except (OSError, ValueError, tf.errors.OpError) as e:
       raise UserError(f"cannot load the SavedModel in {export_dir}: {first_line(e)}") from None
-    signature = self.loaded.signatures.get("serving_default")
-    inputs = signature.structured_input_signature[1] if signature is not None else {}
-    spec = inputs.get("images")
-    if (spec is None or spec.dtype != tf.uint8
-        or spec.shape.as_list()[1:] != [MNIST_SIZE, MNIST_SIZE, 1]):
-      raise UserError(f"the SavedModel in {export_dir} has no serving_default signature "
-                      "taking images uint8 [batch, 28, 28, 1]")
-    self.signature = signature
+    # Exports before serving_uint8 existed took uint8 in serving_default.
+    self.signature = next(filter(_takes_uint8_images, (
+        self.loaded.signatures.get(key) for key in ("serving_uint8", "serving_default"))), None)
+    if self.signature is None:
+      raise UserError(f"the SavedModel in {export_dir} has no signature taking images uint8 "
+                      "[batch, 28, 28, 1] (serving_uint8)")
 
   def probabilities(self, images: np.ndarray) -> np.ndarray:
     """uint8 [N, 28, 28, 1] -> float32 [N, 10]."""
     batches = [self.signature(images=images[start:start + PREDICT_BATCH])["probabilities"]
                for start in range(0, len(images), PREDICT_BATCH)]
     return np.concatenate([np.asarray(b) for b in batches])
+
+
+def _takes_uint8_images(signature) -> bool:
+  if signature is None:
+    return False
+  spec = signature.structured_input_signature[1].get("images")
+  return (spec is not None and spec.dtype.name == "uint8"
+          and spec.shape.as_list()[1:] == [MNIST_SIZE, MNIST_SIZE, 1])
 
 
 # --- The command ---------------------------------------------------------------------------
@@ -180,24 +181,24 @@ def define_flags() -> None:
 
 
 def main(argv):
-  logging.set_verbosity(logging.WARNING)
   flag_values = flags.FLAGS
   paths = argv[1:]
-  with one_line_errors():
-    if not flag_values.export_dir:
-      raise UserError("--export_dir is empty; name the SavedModel from mnist_tf2.export")
-    if not paths:
-      raise UserError("no image files given: python -m mnist_tf2.predict --export_dir=E FILE...")
-    if not 1 <= flag_values.top_k <= NUM_CLASSES:
-      raise UserError(f"--top_k must be in 1..{NUM_CLASSES}, got {flag_values.top_k}")
-    if flag_values.save_inputs:
-      make_directory(flag_values.save_inputs)
-    records = predict_files(Classifier(flag_values.export_dir), paths, flag_values.top_k,
-                            flag_values.save_inputs)
+  if not flag_values.export_dir:
+    raise UserError("--export_dir is empty; name the SavedModel from mnist_tf2.export")
+  if not paths:
+    raise UserError("no image files given: python -m mnist_tf2.predict --export_dir=E FILE...")
+  if not 1 <= flag_values.top_k <= NUM_CLASSES:
+    raise UserError(f"--top_k must be in 1..{NUM_CLASSES}, got {flag_values.top_k}")
+  if flag_values.save_inputs:
+    make_directory(flag_values.save_inputs)
+  cli.import_tensorflow()
+  records = predict_files(Classifier(flag_values.export_dir), paths, flag_values.top_k,
+                          flag_values.save_inputs)
   if report(records, flag_values.json):
     sys.exit(2)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, positional=True, help_text=lambda: cli.command_help(
+      __doc__, ["export_dir", "json", "top_k", "save_inputs"]))

@@ -1,41 +1,51 @@
 """Train a tutorial model: `python -m mnist_tf2.train --model=cnn [--preset=seed] [--flag=...]`.
 
 Every field of `mnist_tf2.config.Config` is a flag; `--help` lists them, and
-`--flagfile=FILE` reads flags from a file.
+`--flagfile=FILE` reads flags from a file. The run starts with a short
+summary (model, preset, what the flags changed, workdir); the full config is
+written to <workdir>/config.json.
 """
 
-import os
 import sys
 
-# Quieter TensorFlow start-up (no INFO lines); set before TensorFlow is imported.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-from absl import logging
 
+from mnist_tf2 import cli
 from mnist_tf2 import config as config_lib
 from mnist_tf2.errors import Preempted
-from mnist_tf2.errors import one_line_errors
 
 config_lib.define_flags()
 
 
+def summary(resolved: config_lib.Resolved) -> str:
+  """The lines a run starts with: what runs, what the flags changed, where it goes."""
+  config = resolved.config
+
+  def flag(name, value):
+    if value is True:
+      return f"--{name}"
+    was = resolved.preset_values.get(name)
+    return f"--{name}={value}" + ("" if was in (None, "") else f" (instead of {was})")
+
+  given = ", ".join(flag(name, value) for name, value in resolved.changed().items())
+  return "\n".join([f"Training {config.model}, preset {config.preset}, in {config.workdir} "
+                    "(full config: config.json there)",
+                    f"Your flags: {given or 'none'}", *resolved.notes])
+
+
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  # absl logs INFO by default; the tutorial's lines are the interesting output.
-  logging.set_verbosity(logging.WARNING)
+  del argv  # cli.run refused positional arguments.
+  resolved = config_lib.resolve_flags(flags.FLAGS)
+  print(summary(resolved), flush=True)
+  cli.import_tensorflow()
+  from mnist_tf2 import loop  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
   try:
-    with one_line_errors():
-      config = config_lib.config_from_flags(flags.FLAGS)
-      print("Config:", config.to_json().replace("\n", "\n  "), flush=True)
-      from mnist_tf2 import loop  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-      loop.train_and_evaluate(config)
+    loop.train_and_evaluate(resolved.config)
   except Preempted as e:
     # The checkpoint is saved and the line saying so printed; see Preempted.
     sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, help_text=lambda: f"{__doc__.strip()}\n\n{config_lib.flags_help()}\n\n"
+                              f"{cli.format_flags(['tf_logs'], 'Output')}")
