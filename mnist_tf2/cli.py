@@ -86,11 +86,16 @@ def import_tensorflow():
     import keras  # pylint: disable=g-import-not-at-top,unused-import
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.list_physical_devices()  # Loads the device plugins (the cuInit line).
-  for line in captured():
+  _write_back(captured())
+  return tf
+
+
+def _write_back(lines: list[str]) -> None:
+  """Writes the captured lines to stderr, except TensorFlow's start-up notices."""
+  for line in lines:
     if not _START_UP_NOISE.search(line):
       sys.stderr.write(line)
   sys.stderr.flush()
-  return tf
 
 
 @contextlib.contextmanager

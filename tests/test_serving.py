@@ -61,24 +61,59 @@ def test_saved_model_matches_the_checkpointed_model(trained):
   images = trained.test.images[:64]
   expected = tf.nn.softmax(restored.model(datasets.normalize(images), training=False)).numpy()
 
-  loaded, serve = _serving_default(trained.export_dir)
-  inputs = serve.structured_input_signature[1]
-  assert list(inputs) == ["images"]
-  assert inputs["images"].dtype == tf.uint8
-  assert inputs["images"].shape.as_list() == [None, 28, 28, 1]
-  outputs = serve(images=tf.constant(images))
-  assert set(outputs) == {"probabilities", "classes"}
-  assert outputs["probabilities"].dtype == tf.float32 and outputs["classes"].dtype == tf.int64
-  np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5, rtol=0)
-  np.testing.assert_array_equal(outputs["classes"].numpy(), expected.argmax(-1))
-  # Trained, not a fresh model: the test accuracy is the one training reported.
-  accuracy = float(np.mean(outputs["classes"].numpy() == trained.test.labels[:64]))
-  assert accuracy > 0.8
+  loaded = tf.saved_model.load(trained.export_dir)
+  assert set(loaded.signatures) == {"serving_default", "serving_uint8"}
+  for key, dtype, pixels in (("serving_default", tf.float32, images / np.float32(255)),
+                             ("serving_uint8", tf.uint8, images)):
+    serve = loaded.signatures[key]
+    inputs = serve.structured_input_signature[1]
+    assert list(inputs) == ["images"]
+    assert inputs["images"].dtype == dtype
+    assert inputs["images"].shape.as_list() == [None, 28, 28, 1]
+    outputs = serve(images=tf.constant(pixels))
+    assert set(outputs) == {"probabilities", "classes"}
+    assert outputs["probabilities"].dtype == tf.float32 and outputs["classes"].dtype == tf.int64
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(outputs["classes"].numpy(), expected.argmax(-1))
+    # Trained, not a fresh model: the test accuracy is the one training reported.
+    accuracy = float(np.mean(outputs["classes"].numpy() == trained.test.labels[:64]))
+    assert accuracy > 0.8
   del loaded
 
 
-def test_saved_model_loads_where_the_package_cannot_be_imported(trained, tmp_path):
+@pytest.mark.parametrize("pixels, refused", [
+    ("float [0, 1]", False),
+    ("uint8 0-255", True),  # Cast to float by the client: 255 > 1.
+    ("float 0-255", True),
+    ("float NaN", True),
+    ("float -0.5", True),
+])
+def test_serving_default_refuses_pixels_out_of_contract(trained, pixels, refused):
+  """As saved_model_cli run and TF Serving call it: a TF1 session fed numpy arrays.
+
+  The feed converts an array to the input's dtype: with the earlier uint8
+  input, float32 pixels in [0, 1] became all zeros and every answer was "5".
+  """
   images = trained.test.images[:8]
+  array = {"float [0, 1]": images / np.float32(255), "uint8 0-255": images,
+           "float 0-255": images.astype(np.float32),
+           "float NaN": np.where(images > 0, np.nan, 0).astype(np.float32),
+           "float -0.5": images / np.float32(255) - 0.5}[pixels]
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], trained.export_dir)
+    signature = meta.signature_def["serving_default"]
+    fetch = signature.outputs["classes"].name
+    feed = {signature.inputs["images"].name: array}
+    if refused:
+      with pytest.raises(tf.errors.InvalidArgumentError,
+                         match=r"images must be float32 pixels in \[0, 1\]"):
+        session.run(fetch, feed)
+    else:
+      assert (session.run(fetch, feed) == trained.test.labels[:8]).mean() >= 0.75
+
+
+def test_saved_model_loads_where_the_package_cannot_be_imported(trained, tmp_path):
+  images = trained.test.images[:8] / np.float32(255)
   np.save(tmp_path / "images.npy", images)
   _, serve = _serving_default(trained.export_dir)
   np.save(tmp_path / "expected.npy", serve(images=tf.constant(images))["probabilities"].numpy())
@@ -106,15 +141,16 @@ def test_saved_model_cli_show_and_run(trained, tmp_path):
             "--signature_def", "serving_default"]
   show = subprocess.run([cli, "show", *common], capture_output=True, text=True, timeout=120)
   assert show.returncode == 0, show.stderr[-2000:]
-  assert re.search(r"inputs\['images'\] tensor_info:\s+dtype: DT_UINT8\s+shape: \(-1, 28, 28, 1\)",
+  assert re.search(r"inputs\['images'\] tensor_info:\s+dtype: DT_FLOAT\s+shape: \(-1, 28, 28, 1\)",
                    show.stdout), show.stdout
   assert re.search(r"outputs\['classes'\] tensor_info:\s+dtype: DT_INT64\s+shape: \(-1\)",
                    show.stdout), show.stdout
   assert re.search(r"outputs\['probabilities'\] tensor_info:\s+dtype: DT_FLOAT\s+"
                    r"shape: \(-1, 10\)", show.stdout), show.stdout
 
-  # `run` loads through the TF1 session loader, as TensorFlow Serving does.
-  images = trained.test.images[:5]
+  # `run` loads through the TF1 session loader, as TensorFlow Serving does. The
+  # README's call: float32 pixels in [0, 1].
+  images = trained.test.images[:5] / np.float32(255)
   np.save(tmp_path / "images.npy", images)
   run = subprocess.run([cli, "run", *common, "--inputs", f"images={tmp_path / 'images.npy'}"],
                        capture_output=True, text=True, timeout=120)
@@ -239,6 +275,7 @@ def test_evaluate_command_reproduces_the_training_evaluation(trained):
   result = run_module("mnist_tf2.evaluate", f"--workdir={trained.workdir}",
                       "--splits=test,validation", timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stderr == ""  # No TensorFlow start-up lines.
   out = result.stdout
   assert "Training Data Eval:" not in out
   for split, title in (("test", "Test"), ("validation", "Validation")):
@@ -359,6 +396,7 @@ def test_predict_command_answers_good_files_and_one_line_per_bad_one(trained, tm
 
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == len(bad_paths)
+  assert errors == result.stderr.splitlines()  # No TensorFlow start-up lines.
   expected = {
       "missing.png": "no such file",
       "empty.png": "the file is empty",
