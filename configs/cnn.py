@@ -12,7 +12,7 @@ PRESETS = {
     "default": dict(optimizer="adam", learning_rate=1e-3, lr_schedule="cosine",
                     warmup_steps=200, batch_size=100, max_steps=6000, dropout_rate=0.4,
                     augment=True, augment_shift=2.0, augment_rotation=10.0, augment_scale=0.1,
-                    checkpoint_every=1000),
+                    checkpoint_every=1000, eval_every=1000),
     # As fast as possible to 99.0% test on 2 CPU cores: 1.3 epochs at a high Adam rate with
     # linear warm-up and decay to 0, one checkpoint at the end, and no final pass over the
     # 55,000 training images (validation and test only).

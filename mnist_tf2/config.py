@@ -85,7 +85,9 @@ class Config:
   _section("The loop")
   steps_per_loop: int = _field(100, "Training steps run inside one tf.function call.")
   log_every: int = _field(100, "Print the 'Step N: loss = ...' line every N steps.")
-  eval_every: int = _field(0, "Evaluate every N steps (0: only at the end).")
+  eval_every: int = _field(0, "Also evaluate every N steps (0: only at the end), for "
+                          "TensorBoard's curves; the training split, the costliest pass, "
+                          "only at the end.")
   eval_splits: str = _field("train,validation,test", "Comma-separated splits to evaluate: "
                             "any of train, validation, test (the 55,000-image train split "
                             "costs the most).")

@@ -59,7 +59,7 @@ def train_and_evaluate(config) -> dict:
       if due(step, config.log_every) or step == config.max_steps:
         controller.log()
       if due(step, config.eval_every) and step < config.max_steps:
-        controller.evaluate()
+        controller.evaluate(final=False)
       if due(step, config.checkpoint_every) or step == config.max_steps:
         controller.save()
     controller.stop_if_preempted()  # A signal in the last chunk: stop before the final evaluation.
@@ -207,11 +207,17 @@ class Controller:
         "examples_per_sec": window.num_examples / max(self.window_seconds, 1e-9)})
     self.window, self.window_seconds = Metrics(), 0.0
 
-  def evaluate(self) -> dict:
-    """Evaluates every split of --eval_splits; returns {split: Metrics}."""
+  def evaluate(self, final=True) -> dict:
+    """Evaluates every split of --eval_splits; returns {split: Metrics}.
+
+    Before the final evaluation, not the training split: the costliest pass,
+    and its curve is the training minibatches'.
+    """
     self.progress.clear()
     results = {}
     for name, data in self.eval_data.items():
+      if name == "train" and not final:
+        continue
       results[name] = self.evaluator(data)
       print(format_eval(name, results[name].result()))
       self.summaries.eval_scalars(self.step, name, results[name])
