@@ -215,3 +215,28 @@ def test_a_run_prints_only_its_own_lines(tmp_path):
   assert not [line for line in lines if line.strip().startswith(("{", '"'))]
   assert "Test Data Eval:" in result.stdout
   assert (tmp_path / "config.json").is_file()
+
+
+# --- 7. The README's commands print what it says ----------------------------------------------
+
+
+def _readme_run_lines(command):
+  """The summary lines `train` prints first for a README command line (no TensorFlow)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from mnist_tf2 import train  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FlagValues()
+  config_lib.define_flags(flag_values)
+  flag_values(["train", *command.split()[3:]])
+  return train.summary(config_lib.resolve_flags(flag_values)).splitlines()
+
+
+@pytest.mark.parametrize("command", [
+    "python -m mnist_tf2.train --model=mlp",
+    "python -m mnist_tf2.train --model=mlp --preset=seed --learning_rate=0.05 --train_dir=/tmp/mlp",
+])
+def test_readme_commands_print_what_the_readme_shows(command):
+  with open(os.path.join(REPO, "README.md")) as f:
+    readme = f.read()
+  assert f"\n{command}\n" in readme
+  for line in _readme_run_lines(command):
+    assert f"\n{line}\n" in readme, line
