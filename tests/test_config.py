@@ -93,8 +93,8 @@ def test_fake_data_flag_selects_fake_source_and_workdir_defaults():
     ("mlp", "default", {"profile_steps": "a,b"}, "--profile_steps='a,b' must be two"),
     ("mlp", "default", {"profile_steps": "20,10"}, "must be two global steps A,B with 0 <= A < B"),
     ("mlp", "default", {"profile_steps": "-1,10"}, "must be two global steps A,B with 0 <= A < B"),
-    ("mlp", "seed", {"profile_steps": "100,2001"}, "--profile_steps=100,2001 ends after "
-     "--max_steps=2000"),
+    ("mlp", "seed", {"profile_steps": "100,2001"}, "--profile_steps=100,2001 (command line) "
+     "ends after --max_steps=2000 (preset mlp/seed)"),
 ])
 def test_invalid_config_is_refused_in_one_line(model, preset, overrides, message):
   with pytest.raises(UserError) as excinfo:
