@@ -240,3 +240,12 @@ def test_readme_commands_print_what_the_readme_shows(command):
   assert f"\n{command}\n" in readme
   for line in _readme_run_lines(command):
     assert f"\n{line}\n" in readme, line
+
+
+def test_tf_logs_flag_or_tensorflows_own_level_shows_its_lines(monkeypatch):
+  monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+  assert not cli.tf_logs_wanted() or cli.FLAGS["tf_logs"].value
+  monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+  assert cli.tf_logs_wanted()
+  monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")  # Quieter, as cli sets it itself.
+  assert not cli.tf_logs_wanted() or cli.FLAGS["tf_logs"].value
