@@ -211,7 +211,8 @@ def test_a_run_prints_only_its_own_lines(tmp_path):
       "Your flags: --fake_data, --fake_examples=128 (instead of 512), --max_steps=5 "
       "(instead of 6000), --eval_splits=test (instead of train,validation,test), "
       "--deterministic",
-      "Scaled with --max_steps=5 (the preset runs 6000): warmup_steps 200 -> 0"]
+      "Scaled with --max_steps=5 (the preset runs 6000): warmup_steps 200 -> 0, "
+      "eval_every 1000 -> 100"]
   assert not [line for line in lines if line.strip().startswith(("{", '"'))]
   assert "Test Data Eval:" in result.stdout
   assert (tmp_path / "config.json").is_file()

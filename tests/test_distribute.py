@@ -113,7 +113,7 @@ def test_multi_worker_two_processes_same_weights_chief_writes(tmp_path):
     # replica, worker 0 has one more (partial) batch than worker 1.
     args = ["--model=softmax", "--preset=seed", "--strategy=multi_worker", "--max_steps=20",
             "--log_every=10", "--checkpoint_every=10", "--validation_size=1001",
-            "--eval_batch_size=1000", f"--workdir={workdir}"]
+            "--eval_batch_size=1000", "--eval_every=0", f"--workdir={workdir}"]
     workers.append(subprocess.Popen(
         [sys.executable, "-m", "mnist_tf2.train", *args], cwd=REPO, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))

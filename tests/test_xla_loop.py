@@ -150,7 +150,8 @@ def test_xla_loop_resumes_exactly(tmp_path, capsys):
 
 
 def test_deterministic_xla_cnn_is_refused(tmp_path):
-  with pytest.raises(UserError, match="--deterministic and --jit_compile cannot be combined"):
+  with pytest.raises(UserError, match=r"--deterministic=True \(command line\) and "
+                     r"--jit_compile=True \(command line\) cannot be combined"):
     config_lib.resolve("cnn", "smoke", {"workdir": str(tmp_path), "deterministic": True,
                                         "jit_compile": True})
   config_lib.resolve("mlp", "smoke", {"workdir": str(tmp_path), "deterministic": True,
