@@ -1,6 +1,6 @@
 """Training speed of our loop against `keras.Model.fit`, in one run, on this machine.
 
-  python scripts/benchmark.py --model=cnn [--output=FILE.json] [--tiny]
+  python scripts/benchmark.py --model=cnn [--peers=torch,jax] [--output=FILE.json] [--tiny]
 
 For one model it measures, alternating the contestants round after round (so a
 busy machine slows all of them alike) and reporting medians:
@@ -20,6 +20,11 @@ busy machine slows all of them alike) and reporting medians:
 * optional rows: our loop with the other `--jit_compile` setting, and with
   `--mixed_precision` (mixed_bfloat16 on a CPU);
 
+* with `--peers`: the same model trained by other frameworks (scripts/peer_*.py:
+  PyTorch, best of eager and `torch.compile`; JAX/flax, `jax.jit` and optax),
+  in float32 and bfloat16, each against our loop in the same precision, as the
+  median over rounds of the per-round ratio ours/peer;
+
 then the input pipeline alone, evaluation, and peak resident memory. It
 prints a table and writes the figures as JSON.
 
@@ -34,8 +39,14 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# PyTorch's OpenMP threads busy-wait between parallel regions by default; on a machine
+# shared with other processes they then fight for the cores and eager PyTorch ran 20-50x
+# slower here. Passive waiting is what a PyTorch user on a shared machine would set; it
+# touches only OpenMP (TensorFlow and XLA have their own thread pools). Before any import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import json  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import importlib  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import json
 import platform
 import resource
 import statistics
@@ -52,6 +63,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mnist_tf2 import config as config_lib  # pylint: disable=g-import-not-at-top
 from mnist_tf2 import datasets
 from mnist_tf2 import distribute
+from mnist_tf2 import hardware
 from mnist_tf2 import models
 from mnist_tf2 import optimizers
 from mnist_tf2 import trainer as trainer_lib
@@ -65,6 +77,10 @@ flags.DEFINE_integer("rounds", 5, "Alternating measurement rounds (medians are r
 flags.DEFINE_integer("window_steps", 0, "Training steps per timed window (0: per model).")
 flags.DEFINE_bool("extra_rows", True, "Also measure our loop with the other --jit_compile "
                   "setting and with --mixed_precision.")
+flags.DEFINE_list("peers", [], "Other frameworks to train the same model with: torch, jax "
+                  "(optional: pip install -e '.[peers]'; a missing one is noted and skipped).")
+flags.DEFINE_bool("keras_fit", True, "Measure keras.Model.fit (its search costs the most; "
+                  "--nokeras_fit to compare with the peers only).")
 FLAGS = flags.FLAGS
 
 # Steps per timed window: a few seconds each on 2 cores.
@@ -316,6 +332,76 @@ def eval_rate(trainer, strategy, config, split):
   return statistics.median(rates)
 
 
+# --- other frameworks ------------------------------------------------------------------------
+
+PEERS = ("torch", "jax")
+PRECISIONS = ("float32", "bfloat16")
+# The frameworks each peer needs; any other import error is a bug, not a missing extra.
+PEER_PACKAGES = {"torch", "jax", "jaxlib", "flax", "optax"}
+
+
+def import_peer(name):
+  """(scripts/peer_<name>.py, None), or (None, a one-line note) if its framework is missing."""
+  try:
+    return importlib.import_module(f"scripts.peer_{name}"), None
+  except ModuleNotFoundError as e:
+    if (e.name or "").split(".")[0] not in PEER_PACKAGES:
+      raise
+    return None, (f"peer {name}: not installed ({e.name} missing; "
+                  f"pip install -e '.[peers]'), skipped")
+
+
+def peer_window(run, window_steps):
+  """A window function timing `window_steps` steps of a peer's `run(num_steps)`."""
+  run(3)  # Compile and warm up (torch.compile traces on the first calls).
+
+  def window():
+    start = time.perf_counter()
+    run(window_steps)  # Returns a loss read from the device: the steps are done.
+    return time.perf_counter() - start
+
+  return window
+
+
+def peer_timers(module, config, split, window_steps, tiny, log):
+  """Times every variant of one peer once per precision; returns ({precision: Timer}, info).
+
+  The variants (torch: eager and torch.compile) are searched as our loop's
+  --jit_compile is: one window each, the faster goes into the rounds. In tiny
+  mode only the first variant runs (compiling would dominate a smoke test).
+  """
+  timers, info = {}, {"version": module.version()}
+  images = window_steps * config.batch_size
+  for precision in PRECISIONS:
+    variants = dict(list(module.VARIANTS.items())[:1] if tiny else module.VARIANTS)
+    windows, search = {}, {}
+    for variant, kwargs in variants.items():
+      run = module.trainer(config, split.images, split.labels, precision=precision, **kwargs)
+      windows[variant] = peer_window(run, window_steps)
+      search[variant] = images / windows[variant]()
+      log(f"  {module.NAME} {precision} {variant}: {search[variant]:,.0f} images/s")
+    best = max(search, key=search.get)
+    timers[precision] = Timer(f"{module.NAME}_{precision}", windows[best], images)
+    info[precision] = {"variant": best, "search_images_per_sec": search}
+  return timers, info
+
+
+def peer_results(peer_timers_by_name, infos, ours_by_precision):
+  """Per peer and precision: the peer's median images/s and the median per-round ratio."""
+  results = {}
+  for name, timers in peer_timers_by_name.items():
+    results[name] = {"version": infos[name]["version"]}
+    for precision, timer in timers.items():
+      ours = ours_by_precision[precision]
+      ratios = [a / b for a, b in zip(ours.rates, timer.rates)]
+      results[name][precision] = dict(
+          infos[name][precision], images_per_sec=timer.median,
+          rounds_images_per_sec=timer.rates, ours=ours.name,
+          ours_images_per_sec=ours.median, ours_over_peer=statistics.median(ratios),
+          ours_over_peer_rounds=ratios)
+  return results
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -327,11 +413,16 @@ def machine():
       "load_average_1_5_15": [round(x, 2) for x in load],
       "tensorflow": tf.__version__,
       "keras": keras.__version__,
+      "cpu_model": hardware.cpu_model(),
+      "cpu_flags": hardware.cpu_flags(),
+      "bf16_units": hardware.bf16_units() or "none",
+      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
       "date": time.strftime("%Y-%m-%d %H:%M"),
   }
 
 
-def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, log=print):
+def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, peers=(),
+              fit=True, log=print):
   """Runs every measurement; returns the results dict."""
   # Plain images on both sides: fit gets our tf.data pipeline without augmentation.
   overrides = {"batch_size": batch_size, "workdir": tempfile.mkdtemp(), "max_steps": 10**6,
@@ -360,15 +451,16 @@ def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, lo
 
   # fit: a short search over steps_per_execution x jit_compile, then the best one.
   search, windows = {}, {}
-  for jit in (False, True):
+  for jit in (False, True) if fit else ():
     candidates = (1,) if tiny else FIT_STEPS_PER_EXECUTION
     for spe in sorted({min(spe, window_steps) for spe in candidates}):
       windows[(spe, jit)] = keras_fit(config, splits.train, window_steps, spe, jit)
       search[(spe, jit)] = images / windows[(spe, jit)]()
       log(f"  fit steps_per_execution={spe} jit_compile={jit}: "
           f"{search[(spe, jit)]:,.0f} images/s")
-  best_spe, best_jit = max(search, key=search.get)
-  timers.append(Timer("keras_fit", windows.pop((best_spe, best_jit)), images))
+  if fit:
+    best_spe, best_jit = max(search, key=search.get)
+    timers.append(Timer("keras_fit", windows.pop((best_spe, best_jit)), images))
   del windows  # Let the other models go.
 
   matmul, matmul_flops = matmul_window(256 if tiny else MATMUL_SIZE)
@@ -378,13 +470,28 @@ def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, lo
       models.create_model(config), batch_size, 2 if tiny else max(window_steps // 10, 5))
   timers.append(Timer("kernel_floor", floor, floor_images))
   if extra_rows:
-    # What the other --jit_compile setting and --mixed_precision do on this machine.
+    # What the other --jit_compile setting does on this machine.
     timers.append(Timer("train_jit_compile" if not our_jit else "train_no_jit",
                         loops[not our_jit][0], images))
+  if extra_rows or peers:
+    # --mixed_precision (mixed_bfloat16 on a CPU), also what the peers' bfloat16 meets.
     window = our_loop(config.replace(mixed_precision=True, jit_compile=our_jit), splits.train,
                       window_steps)[0]
     timers.append(Timer("train_mixed_precision", window, images))
   del loops
+  ours_by_precision = {"float32": timers[0], "bfloat16": timers[-1] if peers else None}
+
+  # Other frameworks on the same model, batch, optimizer and in-memory data.
+  timers_by_peer, peer_infos, peers_missing = {}, {}, {}
+  for name in peers:
+    module, note = import_peer(name)
+    if module is None:
+      log("  " + note)
+      peers_missing[name] = note
+      continue
+    timers_by_peer[name], peer_infos[name] = peer_timers(module, config, splits.train,
+                                                         window_steps, tiny, log)
+    timers += timers_by_peer[name].values()
 
   # Alternate the contestants so that load from other processes hits all alike.
   for r in range(rounds):
@@ -392,6 +499,7 @@ def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, lo
       timer.measure()
     log(f"  round {r + 1}: " + ", ".join(f"{t.name} {t.rates[-1]:,.0f}" for t in timers))
   rates = {t.name: t.median for t in timers}
+  peer_figures = peer_results(timers_by_peer, peer_infos, ours_by_precision)
 
   input_rate = input_pipeline_rate(splits.train, batch_size, config.seed,
                                    20 if tiny else 2000)
@@ -408,12 +516,6 @@ def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, lo
       "train_jit_compile": our_jit,
       "train_search_images_per_sec": {f"jit_compile={jit}": rate
                                       for jit, rate in our_search.items()},
-      "keras_fit_images_per_sec": rates["keras_fit"],
-      "keras_fit_best": {"steps_per_execution": best_spe, "jit_compile": best_jit},
-      "keras_fit_search_images_per_sec": {
-          f"steps_per_execution={spe},jit_compile={jit}": rate
-          for (spe, jit), rate in search.items()},
-      "speedup_vs_fit": rates["train"] / rates["keras_fit"],
       "input_pipeline_images_per_sec": input_rate,
       "input_pipeline_vs_train": input_rate / rates["train"],
       "eval_images_per_sec": evaluation,
@@ -428,7 +530,17 @@ def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, lo
       "rounds_images_per_sec": {t.name: t.rates for t in timers},
       "machine_before": before,
       "machine_after": machine(),
+      "peers": peer_figures,
+      "peers_missing": peers_missing,
   }
+  if fit:
+    results.update(
+        keras_fit_images_per_sec=rates["keras_fit"],
+        keras_fit_best={"steps_per_execution": best_spe, "jit_compile": best_jit},
+        keras_fit_search_images_per_sec={
+            f"steps_per_execution={spe},jit_compile={jit}": rate
+            for (spe, jit), rate in search.items()},
+        speedup_vs_fit=rates["train"] / rates["keras_fit"])
   for name in ("train_jit_compile", "train_no_jit", "train_mixed_precision"):
     if name in rates:
       results[f"{name}_images_per_sec"] = rates[name]
@@ -439,14 +551,15 @@ def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, lo
 
 def format_table(results) -> str:
   r = results
-  rows = [
-      (f"our loop, fp32 (best: jit_compile={r['train_jit_compile']})",
-       f"{r['train_images_per_sec']:,.0f} images/s"),
-      (f"keras fit (best: steps_per_execution={r['keras_fit_best']['steps_per_execution']}, "
-       f"jit_compile={r['keras_fit_best']['jit_compile']})",
-       f"{r['keras_fit_images_per_sec']:,.0f} images/s"),
-      ("speed-up vs fit", f"{r['speedup_vs_fit']:.2f}x"),
-  ]
+  rows = [(f"our loop, fp32 (best: jit_compile={r['train_jit_compile']})",
+           f"{r['train_images_per_sec']:,.0f} images/s")]
+  if "keras_fit_images_per_sec" in r:
+    rows += [
+        (f"keras fit (best: steps_per_execution={r['keras_fit_best']['steps_per_execution']}, "
+         f"jit_compile={r['keras_fit_best']['jit_compile']})",
+         f"{r['keras_fit_images_per_sec']:,.0f} images/s"),
+        ("speed-up vs fit", f"{r['speedup_vs_fit']:.2f}x"),
+    ]
   if "train_no_jit_images_per_sec" in r:
     rows.append(("our loop, jit_compile=False",
                  f"{r['train_no_jit_images_per_sec']:,.0f} images/s"))
@@ -456,6 +569,13 @@ def format_table(results) -> str:
   if "train_mixed_precision_images_per_sec" in r:
     rows.append((f"our loop, --mixed_precision (jit_compile={r['train_jit_compile']})",
                  f"{r['train_mixed_precision_images_per_sec']:,.0f} images/s"))
+  for name, figures in r["peers"].items():
+    for precision in PRECISIONS:
+      f = figures[precision]
+      rows.append((f"{name} {precision} (best: {f['variant']})",
+                   f"{f['images_per_sec']:,.0f} images/s; ours/{name} "
+                   f"{f['ours_over_peer']:.2f}x"))
+  rows += [(note, "") for note in r["peers_missing"].values()]
   rows += [
       ("input pipeline alone", f"{r['input_pipeline_images_per_sec']:,.0f} images/s "
        f"({r['input_pipeline_vs_train']:.0f}x training)"),
@@ -469,7 +589,11 @@ def format_table(results) -> str:
        f"{r['train_peak_rss_mb']:,.0f} / {r['peak_rss_mb']:,.0f} MB"),
   ]
   width = max(len(name) for name, _ in rows)
-  lines = [f"{r['model']}, batch {r['batch_size']}, medians of {r['rounds']} rounds, "
+  m = r["machine_before"]
+  lines = [f"{m['cpu_model']} ({' '.join(m['cpu_flags'])}; bfloat16 units: {m['bf16_units']}); "
+           + ", ".join([f"tensorflow {m['tensorflow']}, keras {m['keras']}"]
+                       + [f["version"] for f in r["peers"].values()])]
+  lines += [f"{r['model']}, batch {r['batch_size']}, medians of {r['rounds']} rounds, "
            f"{r['machine_before']['cpus_usable']} CPUs, load "
            f"{r['machine_before']['load_average_1_5_15']} -> "
            f"{r['machine_after']['load_average_1_5_15']}"]
@@ -480,8 +604,13 @@ def format_table(results) -> str:
 def main(argv):
   del argv
   keras.utils.set_random_seed(0)
+  unknown = set(FLAGS.peers) - set(PEERS)
+  if unknown:
+    raise app.UsageError(f"--peers: unknown {', '.join(sorted(unknown))}; known: "
+                         f"{', '.join(PEERS)}")
   results = benchmark(FLAGS.model, FLAGS.batch_size, 1 if FLAGS.tiny else FLAGS.rounds,
-                      FLAGS.window_steps, FLAGS.tiny, FLAGS.extra_rows)
+                      FLAGS.window_steps, FLAGS.tiny, FLAGS.extra_rows, FLAGS.peers,
+                      FLAGS.keras_fit)
   print(format_table(results))
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
