@@ -108,6 +108,10 @@ class Config:
                     "TPU VM or the one in the environment).")
   mixed_precision: bool = _field(False, "Compute in 16-bit floats: mixed_float16 with loss "
                                  "scaling on GPU, mixed_bfloat16 on CPU/TPU.")
+  auto_mixed_precision: bool = _field(False, "--mixed_precision only where it pays: on a GPU, "
+                                      "a TPU or a CPU with bfloat16 units (AMX, AVX512-BF16, "
+                                      "Arm BF16); float32 on other CPUs, which emulate "
+                                      "bfloat16 slowly. The run prints which ran.")
   jit_compile: bool = _field(False, "Compile with XLA: on one replica without elastic "
                              "distortion (and, on a CPU, not the cnn), each chunk of "
                              "--steps_per_loop steps (batches gathered from memory and "

@@ -5,6 +5,7 @@ import os
 
 import tensorflow as tf
 
+from mnist_tf2 import hardware
 from mnist_tf2.errors import UserError
 
 
@@ -131,12 +132,26 @@ def precision_policy(config) -> str:
 
   GPUs compute fastest in float16 (which needs loss scaling); CPUs and TPUs
   have bfloat16, whose float32-sized exponent needs none.
+  With --auto_mixed_precision, a CPU without bfloat16 units (hardware.bf16_units)
+  stays in float32.
   """
-  if not config.mixed_precision:
+  if not (config.mixed_precision or config.auto_mixed_precision):
     return "float32"
   if config.strategy != "tpu" and tf.config.list_logical_devices("GPU"):
     return "mixed_float16"
-  return "mixed_bfloat16"
+  if config.mixed_precision or config.strategy == "tpu" or hardware.bf16_units():
+    return "mixed_bfloat16"
+  return "float32"
+
+
+def precision_note(config) -> str:
+  """Why --auto_mixed_precision chose as it did, for the run's log ("" without it)."""
+  if not config.auto_mixed_precision or config.mixed_precision:
+    return ""
+  if precision_policy(config) == "float32":
+    return " (--auto_mixed_precision: this CPU has no bfloat16 units)"
+  units = hardware.bf16_units()
+  return f" (--auto_mixed_precision{': bfloat16 units ' + units if units else ''})"
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

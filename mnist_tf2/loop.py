@@ -148,7 +148,8 @@ class Controller:
     xla = self.trainer.xla if self.config.jit_compile else "off"
     loss_scaling = ", loss scaling" if self.trainer.loss_scaling else ""
     print(f"Strategy {type(self.strategy).__name__}; dtype policy {policy.name} (compute "
-          f"{policy.compute_dtype}, variables {policy.variable_dtype}{loss_scaling}); XLA {xla}")
+          f"{policy.compute_dtype}, variables {policy.variable_dtype}{loss_scaling})"
+          f"{distribute.precision_note(self.config)}; XLA {xla}")
 
   def _restore(self):
     # Every worker restores the chief's newest checkpoint (the workdir is
