@@ -79,6 +79,8 @@ flags.DEFINE_bool("extra_rows", True, "Also measure our loop with the other --ji
                   "setting and with --mixed_precision.")
 flags.DEFINE_list("peers", [], "Other frameworks to train the same model with: torch, jax "
                   "(optional: pip install -e '.[peers]'; a missing one is noted and skipped).")
+flags.DEFINE_list("precisions", ["float32", "bfloat16"], "The peers' precisions (bfloat16: "
+                  "autocast in PyTorch, flax's dtype in JAX; against our --mixed_precision).")
 flags.DEFINE_bool("keras_fit", True, "Measure keras.Model.fit (its search costs the most; "
                   "--nokeras_fit to compare with the peers only).")
 FLAGS = flags.FLAGS
@@ -363,7 +365,7 @@ def peer_window(run, window_steps):
   return window
 
 
-def peer_timers(module, config, split, window_steps, tiny, log):
+def peer_timers(module, config, split, window_steps, tiny, precisions, log):
   """Times every variant of one peer once per precision; returns ({precision: Timer}, info).
 
   The variants (torch: eager and torch.compile) are searched as our loop's
@@ -372,7 +374,7 @@ def peer_timers(module, config, split, window_steps, tiny, log):
   """
   timers, info = {}, {"version": module.version()}
   images = window_steps * config.batch_size
-  for precision in PRECISIONS:
+  for precision in precisions:
     variants = dict(list(module.VARIANTS.items())[:1] if tiny else module.VARIANTS)
     windows, search = {}, {}
     for variant, kwargs in variants.items():
@@ -422,7 +424,7 @@ def machine():
 
 
 def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, peers=(),
-              fit=True, log=print):
+              fit=True, precisions=PRECISIONS, log=print):
   """Runs every measurement; returns the results dict."""
   # Plain images on both sides: fit gets our tf.data pipeline without augmentation.
   overrides = {"batch_size": batch_size, "workdir": tempfile.mkdtemp(), "max_steps": 10**6,
@@ -473,13 +475,13 @@ def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, pe
     # What the other --jit_compile setting does on this machine.
     timers.append(Timer("train_jit_compile" if not our_jit else "train_no_jit",
                         loops[not our_jit][0], images))
-  if extra_rows or peers:
+  if extra_rows or (peers and "bfloat16" in precisions):
     # --mixed_precision (mixed_bfloat16 on a CPU), also what the peers' bfloat16 meets.
     window = our_loop(config.replace(mixed_precision=True, jit_compile=our_jit), splits.train,
                       window_steps)[0]
     timers.append(Timer("train_mixed_precision", window, images))
   del loops
-  ours_by_precision = {"float32": timers[0], "bfloat16": timers[-1] if peers else None}
+  ours_by_precision = {"float32": timers[0], "bfloat16": timers[-1]}
 
   # Other frameworks on the same model, batch, optimizer and in-memory data.
   timers_by_peer, peer_infos, peers_missing = {}, {}, {}
@@ -490,7 +492,7 @@ def benchmark(model_name, batch_size, rounds, window_steps, tiny, extra_rows, pe
       peers_missing[name] = note
       continue
     timers_by_peer[name], peer_infos[name] = peer_timers(module, config, splits.train,
-                                                         window_steps, tiny, log)
+                                                         window_steps, tiny, precisions, log)
     timers += timers_by_peer[name].values()
 
   # Alternate the contestants so that load from other processes hits all alike.
@@ -570,7 +572,7 @@ def format_table(results) -> str:
     rows.append((f"our loop, --mixed_precision (jit_compile={r['train_jit_compile']})",
                  f"{r['train_mixed_precision_images_per_sec']:,.0f} images/s"))
   for name, figures in r["peers"].items():
-    for precision in PRECISIONS:
+    for precision in [p for p in PRECISIONS if p in figures]:
       f = figures[precision]
       rows.append((f"{name} {precision} (best: {f['variant']})",
                    f"{f['images_per_sec']:,.0f} images/s; ours/{name} "
@@ -604,13 +606,13 @@ def format_table(results) -> str:
 def main(argv):
   del argv
   keras.utils.set_random_seed(0)
-  unknown = set(FLAGS.peers) - set(PEERS)
+  unknown = (set(FLAGS.peers) - set(PEERS)) | (set(FLAGS.precisions) - set(PRECISIONS))
   if unknown:
-    raise app.UsageError(f"--peers: unknown {', '.join(sorted(unknown))}; known: "
-                         f"{', '.join(PEERS)}")
+    raise app.UsageError(f"--peers/--precisions: unknown {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(PEERS + PRECISIONS)}")
   results = benchmark(FLAGS.model, FLAGS.batch_size, 1 if FLAGS.tiny else FLAGS.rounds,
                       FLAGS.window_steps, FLAGS.tiny, FLAGS.extra_rows, FLAGS.peers,
-                      FLAGS.keras_fit)
+                      FLAGS.keras_fit, FLAGS.precisions)
   print(format_table(results))
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:

@@ -143,7 +143,7 @@ def trainer(config, images, labels, *, precision="float32", compiled=False):
       loss.backward()
       optimizer.step()
       schedule.step()
-    return float(loss)
+    return float(loss.detach())  # a Python number: the steps are done
 
   return run
 
