@@ -14,11 +14,12 @@ PRESETS = {
                     augment=True, augment_shift=2.0, augment_rotation=10.0, augment_scale=0.1,
                     checkpoint_every=1000, eval_every=1000),
     # As fast as possible to 99.0% test on 2 CPU cores: 1.3 epochs at a high Adam rate with
-    # linear warm-up and decay to 0, one checkpoint at the end, and no final pass over the
-    # 55,000 training images (validation and test only).
+    # linear warm-up and decay to 0; bfloat16 where the CPU has bfloat16 units; one
+    # checkpoint at the end; only what it reports is computed: the test accuracy, no
+    # TensorBoard summaries (their pictures and histograms cost seconds here).
     "fast": dict(optimizer="adam", learning_rate=2e-3, lr_schedule="linear", warmup_steps=100,
                  batch_size=100, max_steps=700, dropout_rate=0.4, checkpoint_every=700,
-                 eval_splits="validation,test"),
+                 eval_splits="test", summaries=False, auto_mixed_precision=True),
     "smoke": dict(data_source="fake", fake_examples=128, batch_size=16, max_steps=6,
                   steps_per_loop=3, log_every=3, checkpoint_every=3, eval_batch_size=50),
 }
