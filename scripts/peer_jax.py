@@ -24,6 +24,8 @@ import numpy as np
 import optax
 
 NAME = "jax"
+# The ways to run it that the benchmark tries: trainer() keyword arguments.
+VARIANTS = {"jax.jit": {}}
 
 
 def version() -> str:
@@ -142,6 +144,3 @@ def trainer(config, images, labels, *, precision="float32"):
     return float(loss)  # waits for the steps to finish
 
   return run
-
-# The ways to run it that the benchmark tries: trainer() keyword arguments.
-VARIANTS = {"jax.jit": {}}

@@ -19,6 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 
 NAME = "torch"
+# The ways to run it that the benchmark tries (the faster wins): trainer() keyword arguments.
+VARIANTS = {"eager": {"compiled": False}, "torch.compile": {"compiled": True}}
 
 
 def version() -> str:
@@ -146,6 +148,3 @@ def trainer(config, images, labels, *, precision="float32", compiled=False):
     return float(loss.detach())  # a Python number: the steps are done
 
   return run
-
-# The ways to run it that the benchmark tries (the faster wins): trainer() keyword arguments.
-VARIANTS = {"eager": {"compiled": False}, "torch.compile": {"compiled": True}}
