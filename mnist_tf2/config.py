@@ -106,6 +106,9 @@ class Config:
                                 "so --strategy=mirrored runs N replicas without GPUs.")
   tpu: str = _field("", "TPU name or grpc:// address for --strategy=tpu (empty: the local "
                     "TPU VM or the one in the environment).")
+  cluster_timeout: float = _field(
+      60.0, "Multi-worker: seconds a worker waits for the others to start, and after "
+      "which a lost (killed, vanished) worker stops the others (heartbeat timeout x 2).")
   mixed_precision: bool = _field(False, "Compute in 16-bit floats: mixed_float16 with loss "
                                  "scaling on GPU, mixed_bfloat16 on CPU/TPU.")
   auto_mixed_precision: bool = _field(False, "--mixed_precision only where it pays: on a GPU, "
@@ -381,7 +384,8 @@ def validate(config: Config, sources: dict[str, str] | None = None) -> None:
     if choices and value not in choices:
       raise UserError(f"--{name}={value!r} is not one of: {', '.join(choices)}")
   positive = ("batch_size", "eval_batch_size", "max_steps", "steps_per_loop", "log_every",
-              "checkpoint_every", "hidden1", "hidden2", "fake_examples", "learning_rate")
+              "checkpoint_every", "hidden1", "hidden2", "fake_examples", "learning_rate",
+              "cluster_timeout")
   for name in positive:
     if getattr(config, name) <= 0:
       raise UserError(f"--{name} must be positive, got {getattr(config, name)}")

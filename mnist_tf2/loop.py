@@ -19,10 +19,12 @@ import tensorflow as tf
 import tqdm
 
 from mnist_tf2 import checkpoints
+from mnist_tf2 import cluster
 from mnist_tf2 import config as config_lib
 from mnist_tf2 import datasets
 from mnist_tf2 import distribute
 from mnist_tf2 import export
+from mnist_tf2 import lock
 from mnist_tf2 import summaries as summaries_lib
 from mnist_tf2 import trainer as trainer_lib
 from mnist_tf2 import workdir as workdir_lib
@@ -37,8 +39,10 @@ def train_and_evaluate(config) -> dict:
   """Trains `config.model` to `config.max_steps` and evaluates it.
 
   Resumes from the newest checkpoint in the workdir, if there is one. SIGTERM
-  or SIGINT saves a checkpoint at the step reached and raises `Preempted`.
-  (Not on multi-worker runs: there the workers would have to agree on the step.)
+  or SIGINT saves a checkpoint at the step reached and raises `Preempted` (on a
+  multi-worker run, every worker at one step: cluster.MultiWorkerStop). The
+  workdir is locked for the run (lock.WorkdirLock). A lost worker raises a
+  one-line UserError (cluster.lost_workers_reported).
 
   Returns:
     The results dict also written to `<workdir>/results.json`.
@@ -48,9 +52,11 @@ def train_and_evaluate(config) -> dict:
     tf.config.experimental.enable_op_determinism()
   keras.utils.set_random_seed(config.seed)
   strategy = distribute.create_strategy(config)
-  with (workdir_lib.worker_dir(config.workdir, strategy) as workdir,
-        checkpoints.PreemptionWatcher(enabled=config.strategy != "multi_worker") as preemption):
-    controller = Controller(config, strategy, workdir, preemption)
+  with (cluster.lost_workers_reported(config),
+        workdir_lib.worker_dir(config.workdir, strategy) as workdir,
+        lock.WorkdirLock(config.workdir) as workdir_lock,
+        checkpoints.PreemptionWatcher() as preemption):
+    controller = Controller(config, strategy, workdir, preemption, workdir_lock)
     while controller.step < config.max_steps:
       controller.stop_if_preempted()
       step = controller.train(until=next_stop(controller.step, config))
@@ -107,9 +113,10 @@ class Controller:
     strategy: the tf.distribute strategy.
     workdir: the directory this worker writes to (`workdir.worker_dir`).
     preemption: a `checkpoints.PreemptionWatcher`.
+    workdir_lock: a `lock.WorkdirLock`, acquired here by the chief.
   """
 
-  def __init__(self, config, strategy, workdir, preemption):
+  def __init__(self, config, strategy, workdir, preemption, workdir_lock):
     self.config, self.strategy, self.workdir = config, strategy, workdir
     self.preemption = preemption
     self.chief = distribute.is_chief(strategy)
@@ -120,6 +127,7 @@ class Controller:
         export.check_export_dir(config.export_dir)
         workdir_lib.check_export_dir_apart(config.export_dir, config.workdir)
       workdir_lib.prepare(config)
+      workdir_lock.acquire()
     self.splits = datasets.load_splits(config)
     config_lib.check_batch_fits(config, {"train": len(self.splits.train.labels)})
     print(f"Model {config.model}, preset {config.preset}: global batch {config.batch_size} "
@@ -129,6 +137,10 @@ class Controller:
     self.trainer = trainer_lib.create_trainer(config, strategy, self.model, self.optimizer)
     self._print_numerics()
     self._restore()
+    self.multi_worker_stop = cluster.MultiWorkerStop(
+        strategy, preemption, self._save_to_stop,
+        os.path.join(config.workdir, "checkpoints"),
+        os.path.join(workdir, "checkpoints", "empty")) if config.strategy == "multi_worker" else None
     self.inputs = self.trainer.inputs(self.splits.train)  # After the restore: see there.
     self.evaluator = Evaluator(self.model, strategy)
     self.eval_data = self._eval_datasets()
@@ -227,9 +239,16 @@ class Controller:
   def save(self):
     self.checkpointer.save(self.step)
 
+  def _save_to_stop(self, step):
+    self.progress.clear()
+    self.summaries.flush()
+    return self.checkpointer.save(step)
+
   def stop_if_preempted(self):
     """After a SIGTERM/SIGINT: saves a checkpoint at this step and raises `Preempted`."""
-    if self.preemption.requested:
+    if self.multi_worker_stop:  # All workers, at the step they agree on.
+      self.multi_worker_stop.check(self.step)
+    elif self.preemption.requested:
       self.progress.clear()
       self.summaries.flush()
       print(f"Stopped by {self.preemption.signal_name} at step {self.step}: saved "

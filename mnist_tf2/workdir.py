@@ -10,8 +10,10 @@ temporary directory of their own (`worker_dir`).
 """
 
 import contextlib
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -121,10 +123,34 @@ def worker_dir(workdir: str, strategy):
   if distribute.is_chief(strategy):
     path = workdir
   else:
+    remove_stale_worker_dirs()
     resolver = strategy.cluster_resolver
-    path = tempfile.mkdtemp(prefix=f"mnist_tf2_{resolver.task_type}{resolver.task_id}_")
+    path = tempfile.mkdtemp(
+        prefix=f"mnist_tf2_{resolver.task_type}{resolver.task_id}_pid{os.getpid()}_")
   try:
     yield path
   finally:
     if path != workdir:
       shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_worker_dirs() -> None:
+  """Deletes the temporary directories of workers that died (kill -9) on this host.
+
+  A worker's directory is removed when it ends, unless it is killed outright;
+  its name holds its PID, so the next worker started here removes it.
+  """
+  for path in glob.glob(os.path.join(tempfile.gettempdir(), "mnist_tf2_*_pid*_*")):
+    match = re.search(r"_pid(\d+)_", os.path.basename(path))
+    if match and not _alive(int(match.group(1))):
+      shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Someone else's process.
+    return True
+  return True

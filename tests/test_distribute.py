@@ -144,7 +144,7 @@ def test_multi_worker_two_processes_same_weights_chief_writes(tmp_path):
   assert results["metrics"]["validation"]["num_examples"] == 1001
   # (The workdir's own events file holds the config and command line as text.)
   assert sorted(f for f in os.listdir(workdir) if not f.startswith("events.out.tfevents.")) == [
-      "checkpoints", "config.json", "eval", "hparams", "results.json", "train"]
+      "checkpoints", "config.json", "eval", "hparams", "results.json", "train", "train.lock"]
   assert tf.train.latest_checkpoint(workdir / "checkpoints").endswith("ckpt-20")
   # The non-chief saved to a temporary directory and deleted it.
   assert os.listdir(tmp_path / "tmp1") == [] and os.listdir(tmp_path / "tmp0") == []
