@@ -171,9 +171,10 @@ def run(mode, workdir, rng, faults_wanted, duration):
       stops.append(time.time() - fault[2])
     texts = [attempt.text(i) for i in range(len(attempt.procs))]
     resumed = RESUMED_LINE.search(texts[0])
-    if reached is not None:
-      record["steps_redone"] += max(0, reached - (int(resumed.group(1)) if resumed else 0))
-    reached = max(last_step(texts[0]), int(resumed.group(1)) if resumed else 0)
+    if resumed or last_step(texts[0]):  # Else it stopped before its restore: nothing redone.
+      start = int(resumed.group(1)) if resumed else 0
+      record["steps_redone"] += max(0, (reached or 0) - start)
+      reached = max(last_step(texts[0]), start)
     for index, (status, text) in enumerate(zip(statuses, texts)):
       is_victim = bool(fault) and fault[0] == index
       if (status is None or "Traceback" in text and "KeyboardInterrupt" not in text
