@@ -230,7 +230,7 @@ def test_chaos_short(tmp_path):
   result = subprocess.run(
       [sys.executable, "scripts/chaos.py", "--runs=3", "--modes=single", "--faults=1",
        "--max_steps=100", "--seed=3", f"--output_dir={tmp_path}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+      cwd=REPO, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert re.search(r"^\| single \| 3 \| \d \(\d/\d/\d\) \| \d+ \| \d+ \| - \| 0 \| 3/3 \|$",
                    result.stdout, re.M), result.stdout
