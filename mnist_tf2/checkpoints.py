@@ -119,13 +119,15 @@ class Checkpointer:
             f"unreadable; trying the checkpoint files found there", flush=True)
     return sorted(found, key=checkpoint_step, reverse=True)
 
-  def restore_or_initialize(self, partial=False):
+  def restore_or_initialize(self, partial=False, retries=3):
     """Restores the newest readable checkpoint, if there is any.
 
     Args:
       partial: the file may hold more than we restore (export and evaluate
         restore the model alone, not the optimizer); everything we hold must
         still be found in it.
+      retries: how often to list the checkpoints again when the one being read
+        was deleted meanwhile (a run training in the directory rotates them).
 
     Returns:
       The path restored, or None if the directory holds no checkpoint.
@@ -140,6 +142,8 @@ class Checkpointer:
       try:
         read_all_tensors(path)
       except UNREADABLE_ERRORS as e:
+        if retries and self._rotated_away(path):
+          return self.restore_or_initialize(partial, retries - 1)
         fallback = (f"falling back to {os.path.basename(candidates[i + 1])}"
                     if i + 1 < len(candidates) else "no older checkpoint is left")
         print(f"Checkpoint {path} is unreadable ({first_line(e)}); {fallback}", flush=True)
@@ -153,6 +157,10 @@ class Checkpointer:
         status.assert_existing_objects_matched()
       except MISMATCH_ERRORS as e:
         raise CheckpointMismatch(path, first_line(e)) from None
+      except tf.errors.NotFoundError:
+        if retries and self._rotated_away(path):
+          return self.restore_or_initialize(partial, retries - 1)
+        raise
       self.latest = path
       return path
     if candidates:
@@ -160,6 +168,10 @@ class Checkpointer:
                       f"{', '.join(os.path.basename(p) for p in candidates)} cannot be read; "
                       "move them away to start over, or use a new --workdir")
     return None
+
+  def _rotated_away(self, path) -> bool:
+    """Whether `path` was deleted by its manager (no longer listed), not lost or damaged."""
+    return not os.path.exists(f"{path}.index") and path not in self.candidates()
 
   def save(self, step):
     """Saves a verified checkpoint at `step`; returns its path.

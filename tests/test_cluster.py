@@ -15,10 +15,12 @@ import tensorflow as tf
 
 from conftest import REPO
 from test_distribute import free_port
+from mnist_tf2 import checkpoints
 from mnist_tf2 import cluster
 from mnist_tf2 import config as config_lib
 from mnist_tf2 import lock
 from mnist_tf2 import loop
+from mnist_tf2 import trainer as trainer_lib
 from mnist_tf2 import workdir as workdir_lib
 from mnist_tf2.errors import UserError
 
@@ -237,3 +239,26 @@ def test_chaos_short(tmp_path):
   report = json.loads((tmp_path / "chaos.json").read_text())
   assert all(run["weights_sha256"] for run in report["runs"]["single"])
   assert sum(run["faults"] for run in report["runs"]["single"]) >= 1
+
+
+def test_a_reader_gets_a_complete_checkpoint_while_a_run_rotates_them(tmp_path, capsys,
+                                                                     monkeypatch):
+  """evaluate/export restore while training saves: the checkpoint being read is deleted
+  (rotated out by max_to_keep) mid-read; the reader lists again and gets the newest."""
+  config = config_lib.resolve("mlp", "smoke", {})
+  model, optimizer = trainer_lib.build_model_and_optimizer(config, tf.distribute.get_strategy())
+  writer = checkpoints.Checkpointer(str(tmp_path), 2, model=model, optimizer=optimizer)
+  writer.save(1)
+  writer.save(2)
+  reader = checkpoints.Checkpointer(str(tmp_path), 2, model=model)
+  read = checkpoints.read_all_tensors
+
+  def read_while_the_run_saves(path):
+    if path.endswith("ckpt-2"):  # The run saves twice more: ckpt-1 and ckpt-2 are deleted.
+      writer.save(3)
+      writer.save(4)
+    read(path)
+
+  monkeypatch.setattr(checkpoints, "read_all_tensors", read_while_the_run_saves)
+  assert reader.restore_or_initialize(partial=True) == str(tmp_path / "ckpt-4")
+  assert "unreadable" not in capsys.readouterr().out
