@@ -223,6 +223,14 @@ def table(rows):
   return "\n".join(lines)
 
 
+def write_report(rows):
+  with open(os.path.join(FLAGS.output_dir, "chaos.json"), "w") as f:
+    json.dump({"flags": {k: FLAGS[k].value for k in ("runs", "modes", "seed", "faults",
+                                                    "max_steps", "steps_per_loop",
+                                                    "checkpoint_every", "cluster_timeout")},
+               "runs": rows, "table": table({m: r for m, r in rows.items() if r})}, f, indent=2)
+
+
 def kill_all():
   for attempt in Attempt.live:
     for p in attempt.procs:
@@ -263,12 +271,8 @@ def _main():
           f"{record['steps_redone']} step(s) redone, "
           f"{'identical' if record['identical'] else 'DIFFERENT'}"
           + "".join(f"\n  anomaly: {a}" for a in record["anomalies"]), flush=True)
+    write_report(rows)  # After every run: a long session stopped early keeps its table.
   print(table(rows))
-  with open(os.path.join(FLAGS.output_dir, "chaos.json"), "w") as f:
-    json.dump({"flags": {k: FLAGS[k].value for k in ("runs", "modes", "seed", "faults",
-                                                    "max_steps", "steps_per_loop",
-                                                    "checkpoint_every", "cluster_timeout")},
-               "runs": rows, "table": table(rows)}, f, indent=2)
   failed = any(not r["identical"] or r["anomalies"] for records in rows.values() for r in records)
   sys.exit(1 if failed else 0)
 
