@@ -25,8 +25,8 @@ from mnist_tf2 import workdir as workdir_lib
 from mnist_tf2.errors import UserError
 
 # A tiny deterministic 2-worker run: 10 steps a chunk, one log line a chunk.
-RUN_ARGS = ["--model=mlp", "--preset=smoke", "--deterministic", "--max_steps=600",
-            "--steps_per_loop=10", "--log_every=10", "--checkpoint_every=100",
+RUN_ARGS = ["--model=mlp", "--preset=smoke", "--deterministic", "--max_steps=400",
+            "--steps_per_loop=10", "--log_every=10", "--checkpoint_every=50",
             "--eval_splits=validation", "--strategy=multi_worker", "--cluster_timeout=20"]
 
 
@@ -96,13 +96,13 @@ def test_sigterm_to_one_worker_then_kill_9_resume_to_the_uninterrupted_weights(t
              for i in (0, 1)]
   assert stopped[0] and stopped[1], run.text(0)[-2000:] + run.text(1)[-2000:]
   step = int(stopped[0].group(1))
-  assert stopped[1].group(1) == str(step) and 60 < step < 600
+  assert stopped[1].group(1) == str(step) and 60 < step < 400
   assert stopped[0].group(2) == stopped[1].group(2) == f"{workdir}/checkpoints/ckpt-{step}"
   assert tf.train.latest_checkpoint(workdir / "checkpoints").endswith(f"ckpt-{step}")
 
   run = Workers(tmp_path, "run2", workdir, ports)
   assert run.wait_for(0, r"^Resumed from (\S+) at step (\d+)$").group(2) == str(step)
-  run.wait_for(0, rf"^Step {(step // 100 + 1) * 100 + 20}:")  # past a periodic checkpoint
+  run.wait_for(0, rf"^Step {(step // 50 + 1) * 50 + 20}:")  # past a periodic checkpoint
   os.kill(run.procs[0].pid, signal.SIGKILL)
   killed = time.time()
   statuses = run.wait(timeout=60)
@@ -146,7 +146,7 @@ def test_a_lone_worker_or_workers_that_differ_say_so_in_one_line(tmp_path):
   assert re.search(r"^error: worker 0 has another TF_CONFIG cluster \(.*\) than this worker 1",
                    cluster_1.text(1), re.M), cluster_1.text(1)[-2000:]
   assert flags_1.wait() == {1: 2} and flags_0.wait() == {0: 2}
-  assert ("error: worker 0 runs with other flags than this worker 1: --max_steps=600 there, 7 "
+  assert ("error: worker 0 runs with other flags than this worker 1: --max_steps=400 there, 7 "
           "here; start every worker with the same flags") in flags_1.text(1)
   assert not (tmp_path / "w2" / "checkpoints").exists()
 
