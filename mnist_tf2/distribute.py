@@ -5,7 +5,7 @@ import os
 
 import tensorflow as tf
 
-from mnist_tf2 import cluster
+from mnist_tf2 import cluster as cluster_lib
 from mnist_tf2 import hardware
 from mnist_tf2.errors import UserError
 
@@ -93,7 +93,7 @@ def _one_device_strategy(config) -> tf.distribute.Strategy:
 
 def _multi_worker_strategy(config) -> tf.distribute.Strategy:
   # cluster.py: bounded waits for the other workers, and checks that they match.
-  return cluster.multi_worker_strategy(config, read_tf_config())
+  return cluster_lib.multi_worker_strategy(config, read_tf_config())
 
 
 # --strategy name -> constructor(config).
