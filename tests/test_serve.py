@@ -1,0 +1,380 @@
+"""The HTTP server (`python -m mnist_tf2.serve`) over real HTTP on a loopback port.
+
+One small MLP is trained for the module (~95% test accuracy) and served by the
+command itself in a subprocess; every test talks to it with http.client, and
+the last one stops it with SIGTERM.
+"""
+
+import concurrent.futures
+import http.client
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+import uuid
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import REPO
+from mnist_tf2 import config as config_lib
+from mnist_tf2 import datasets
+from mnist_tf2 import loop
+from mnist_tf2 import predict
+from mnist_tf2 import rest
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d 127\.0\.0\.1 \"(GET|POST|PUT|DELETE) "
+                      r"(\S+)\" (\d{3}) \d+B \d+\.\dms( error: .*)?$")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  base = tmp_path_factory.mktemp("served")
+  config = config_lib.resolve("mlp", "seed", {
+      "max_steps": 400, "optimizer": "adam", "learning_rate": 3e-3, "jit_compile": False,
+      "eval_splits": "test", "summaries": False, "workdir": str(base / "workdir"),
+      "export_dir": str(base / "export")})
+  loop.train_and_evaluate(config)
+  test = datasets.load_splits(config).test
+  loaded = tf.saved_model.load(config.export_dir)
+  return types.SimpleNamespace(export_dir=config.export_dir, base=base, test=test,
+                               loaded=loaded, serve=loaded.signatures["serving_default"])
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+  """The command, on a free port; yields (host, port, log path) and checks a clean stop."""
+  log_path = exported.base / "server.log"
+  with open(log_path, "w") as log:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mnist_tf2.serve", f"--export_dir={exported.export_dir}",
+         "--port=0"], cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
+  first = process.stdout.readline()
+  match = re.fullmatch(r"Serving .* at http://127\.0\.0\.1:(\d+)/ \(Ctrl-C to stop\)\n", first)
+  if not match:
+    process.kill()
+    pytest.fail(f"no start-up line: {first!r}; log: {log_path.read_text()[-2000:]}")
+  yield types.SimpleNamespace(host="127.0.0.1", port=int(match.group(1)), log=log_path,
+                              process=process)
+  process.send_signal(signal.SIGTERM)
+  out, _ = process.communicate(timeout=30)
+  assert process.returncode == 0, log_path.read_text()[-2000:]
+  assert out == "Stopped.\n"
+  assert "Traceback" not in log_path.read_text()
+
+
+def call(server, method, path, body=None, headers=None, timeout=30):
+  """One request on a fresh connection: (status, headers, body bytes)."""
+  connection = http.client.HTTPConnection(server.host, server.port, timeout=timeout)
+  try:
+    if isinstance(body, (dict, list)):
+      body = json.dumps(body)
+    connection.request(method, path, body=body, headers=headers or {})
+    response = connection.getresponse()
+    return response.status, dict(response.getheaders()), response.read()
+  finally:
+    connection.close()
+
+
+def call_json(server, method, path, body=None, headers=None):
+  status, headers, data = call(server, method, path, body, headers)
+  assert headers["Content-Type"] == "application/json", (status, data[:200])
+  return status, json.loads(data)
+
+
+def _png(image: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+# --- TensorFlow Serving's API ---------------------------------------------------------------
+
+
+def test_model_status_and_metadata(server):
+  expected = {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {
+      "error_code": "OK", "error_message": ""}}]}
+  assert call_json(server, "GET", "/v1/models/mnist") == (200, expected)
+  assert call_json(server, "GET", "/v1/models/mnist/versions/1") == (200, expected)
+
+  status, metadata = call_json(server, "GET", "/v1/models/mnist/metadata")
+  assert status == 200
+  assert metadata["model_spec"] == {"name": "mnist", "signature_name": "", "version": "1"}
+  signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+  assert signature["method_name"] == "tensorflow/serving/predict"
+  images = signature["inputs"]["images"]
+  assert images["dtype"] == "DT_UINT8"
+  assert [d["size"] for d in images["tensor_shape"]["dim"]] == ["-1", "28", "28", "1"]
+  assert signature["outputs"]["classes"]["dtype"] == "DT_INT64"
+  assert signature["outputs"]["probabilities"]["dtype"] == "DT_FLOAT"
+
+
+def test_predict_in_row_and_columnar_format(server, exported):
+  images = exported.test.images[:3]
+  expected = exported.serve(images=tf.constant(images))
+  classes = expected["classes"].numpy().tolist()
+  probabilities = expected["probabilities"].numpy()
+  pixels = images.tolist()
+
+  for body in ({"instances": pixels}, {"instances": [{"images": p} for p in pixels]},
+               {"signature_name": "serving_default", "instances": pixels}):
+    status, answer = call_json(server, "POST", "/v1/models/mnist:predict", body)
+    assert status == 200, answer
+    rows = answer["predictions"]
+    assert [row["classes"] for row in rows] == classes
+    np.testing.assert_allclose([row["probabilities"] for row in rows], probabilities,
+                               rtol=1e-6, atol=1e-7)
+
+  for body in ({"inputs": pixels}, {"inputs": {"images": pixels}}):
+    status, answer = call_json(server, "POST", "/v1/models/mnist/versions/1:predict", body)
+    assert status == 200, answer
+    assert answer["outputs"]["classes"] == classes
+    np.testing.assert_allclose(answer["outputs"]["probabilities"], probabilities,
+                               rtol=1e-6, atol=1e-7)
+  # A trained model: the answers are mostly the labels.
+  assert np.mean(np.array(classes) == exported.test.labels[:3]) >= 2 / 3
+
+
+def test_float_outputs_are_the_shortest_float32_decimals(server, exported):
+  body = {"instances": exported.test.images[:1].tolist()}
+  _, _, data = call(server, "POST", "/v1/models/mnist:predict", json.dumps(body))
+  numbers = re.findall(r"\d\.\d+(?:e-\d+)?", data.decode())
+  # As TF Serving writes them: 0.1, not 0.10000000149011612.
+  assert len(numbers) == 10 and all(str(np.float32(n)) == n for n in numbers), numbers
+
+
+IMAGE = np.zeros((28, 28, 1), np.uint8).tolist()
+
+
+def _nested(depth):
+  return "[" * depth + "]" * depth
+
+
+BAD_REQUESTS = {
+    # name: (method, path, body, status, error regex)
+    "malformed_json": ("POST", "/v1/models/mnist:predict", '{"instances": [1, 2',
+                       400, r"^JSON Parse error: Expecting"),
+    "not_utf8": ("POST", "/v1/models/mnist:predict", b"\xff\xfe{}", 400, r"not UTF-8"),
+    "not_an_object": ("POST", "/v1/models/mnist:predict", "[1, 2]", 400, r"JSON object"),
+    "no_key": ("POST", "/v1/models/mnist:predict", {}, 400, r"Missing 'inputs' or 'instances'"),
+    "both_keys": ("POST", "/v1/models/mnist:predict", {"instances": [IMAGE], "inputs": [IMAGE]},
+                  400, r"only one of 'inputs' or 'instances'"),
+    "float_pixels": ("POST", "/v1/models/mnist:predict",
+                     {"instances": [(np.ones((28, 28, 1)) * 0.5).tolist()]},
+                     400, r"JSON Value: 0\.5 Type: Number is not of expected type: uint8.*"
+                     r"multiply \[0, 1\] floats by 255"),
+    "whole_floats": ("POST", "/v1/models/mnist:predict", '{"inputs": [[[[0], [1.0]]]]}', 400,
+                     r"JSON Value: 1\.0 Type: Number is not of expected type: uint8"),
+    "nan": ("POST", "/v1/models/mnist:predict", '{"instances": [[[[NaN]]]]}', 400,
+            r"JSON Value: NaN Type: Number is not of expected type: uint8"),
+    "too_large": ("POST", "/v1/models/mnist:predict",
+                  {"instances": [np.full((28, 28, 1), 256).tolist()]}, 400,
+                  r"^instances\[0\]\[0\]\[0\]\[0\]: 256 is outside uint8's range 0\.\.255$"),
+    "negative": ("POST", "/v1/models/mnist:predict", {"inputs": [IMAGE[:27] + [[[-1]] * 28]]},
+                 400, r"^inputs\[0\]\[27\]\[0\]\[0\]: -1 is outside uint8's range"),
+    "beyond_int64": ("POST", "/v1/models/mnist:predict", {"instances": [[[[2**70, -1]]]]}, 400,
+                     r"1180591620717411303424 is outside uint8's range"),
+    "bool": ("POST", "/v1/models/mnist:predict", {"instances": [[[[True]] * 28] * 28]}, 400,
+             r"JSON Value: true Type: Bool is not of expected type: uint8"),
+    "string": ("POST", "/v1/models/mnist:predict", {"instances": [[[["7"]] * 28] * 28]}, 400,
+               r"JSON Value: \"7\" Type: String is not of expected type: uint8"),
+    "no_channel": ("POST", "/v1/models/mnist:predict",
+                   {"instances": [np.zeros((28, 28), int).tolist()]}, 400,
+                   r"instances has shape \[1, 28, 28\]; input 'images' takes "
+                   r"\[batch, 28, 28, 1\] uint8 \(each instance is one \[28, 28, 1\] image\)"),
+    "flat": ("POST", "/v1/models/mnist:predict", {"inputs": [[0] * 784]}, 400,
+             r"inputs has shape \[1, 784\]"),
+    "ragged": ("POST", "/v1/models/mnist:predict", {"instances": [IMAGE, IMAGE[:27]]}, 400,
+               r"not a rectangular"),
+    "empty": ("POST", "/v1/models/mnist:predict", {"instances": []}, 400, r"'instances' is empty"),
+    "too_many": ("POST", "/v1/models/mnist:predict",
+                 {"instances": [0] * (rest.MAX_INSTANCES + 1)}, 400, r"at most 1024"),
+    "deep": ("POST", "/v1/models/mnist:predict", '{"instances": ' + _nested(100_000) + "}",
+             400, r"nested too deeply"),
+    "other_input": ("POST", "/v1/models/mnist:predict", {"inputs": {"pixels": [IMAGE]}}, 400,
+                    r"inputs names \['pixels'\]; the signature's inputs are \['images'\]"),
+    "signature": ("POST", "/v1/models/mnist:predict", {"signature_name": "nope",
+                                                      "instances": [IMAGE]},
+                  400, r"Serving signature name: \"nope\" not found"),
+    "signature_type": ("POST", "/v1/models/mnist:predict", {"signature_name": 3,
+                                                           "instances": [IMAGE]},
+                       400, r"'signature_name' key must be a string"),
+    "other_model": ("POST", "/v1/models/half:predict", {"instances": [IMAGE]}, 404,
+                    r"^Servable not found for request: Latest\(half\)$"),
+    "other_version": ("GET", "/v1/models/mnist/versions/2", None, 404,
+                      r"^Servable not found for request: Specific\(mnist, 2\)$"),
+    "unknown_path": ("GET", "/favicon.ico", None, 404, r"no such page or endpoint: /favicon.ico"),
+    "traversal": ("GET", "/static/../rest.py", None, 404, r"no such page"),
+    "encoded_traversal": ("GET", "/static/%2e%2e/rest.py", None, 404, r"no such page"),
+    "absolute": ("GET", "/static//etc/passwd", None, 404, r"no such page"),
+    "get_predict": ("GET", "/v1/models/mnist:predict", None, 405, r"GET is not allowed on "
+                    r"/v1/models/mnist:predict; use POST"),
+    "huge_body": ("POST", "/v1/models/mnist:predict", b" " * (17 * 2**20), 413,
+                  r"larger than the 16 MiB limit"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_REQUESTS)
+def test_bad_requests_get_a_one_line_json_error(server, name):
+  method, path, body, expected_status, pattern = BAD_REQUESTS[name]
+  status, headers, data = call(server, method, path, body)
+  assert status == expected_status, data[:300]
+  assert headers["Content-Type"] == "application/json"
+  answer = json.loads(data)
+  assert list(answer) == ["error"]
+  assert "\n" not in answer["error"] and re.search(pattern, answer["error"]), answer["error"]
+  assert b"import" not in data  # no file outside the static folder
+  # And it keeps serving.
+  assert call(server, "GET", "/v1/models/mnist")[0] == 200
+
+
+# --- Our image endpoint ---------------------------------------------------------------------
+
+
+def test_image_endpoint_reads_files_exactly_as_predict_does(server, exported, tmp_path):
+  classifier = predict.Classifier(exported.export_dir)
+  digits = exported.test.images[:4, ..., 0]
+  files = {
+      "digit.png": (lambda: Image.fromarray(digits[0]), "image/png"),
+      "inverted.jpg": (lambda: Image.fromarray(255 - digits[1]).convert("RGB").resize(
+          (200, 200)), "image/jpeg"),
+      "paper.bmp": (lambda: Image.fromarray(255 - digits[2]).resize((90, 120)), "image/bmp"),
+  }
+  for i, (name, (make, mime)) in enumerate(files.items()):
+    path = tmp_path / name
+    make().save(path)
+    data = path.read_bytes()
+    if i % 2:  # a browser form: multipart
+      boundary = uuid.uuid4().hex
+      body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+              f"filename=\"{name}\"\r\nContent-Type: {mime}\r\n\r\n").encode() + data + (
+                  f"\r\n--{boundary}--\r\n").encode()
+      headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    else:  # curl --data-binary @file
+      body, headers = data, {"Content-Type": mime}
+    status, answer = call_json(server, "POST", "/api/image", body, headers)
+    assert status == 200, answer
+    expected_image = predict.prepare(str(path))
+    np.testing.assert_array_equal(np.array(answer["image"], np.uint8), expected_image[..., 0])
+    expected = classifier.probabilities(expected_image[np.newaxis])[0]
+    np.testing.assert_allclose(answer["probabilities"], expected, rtol=1e-6, atol=1e-7)
+    assert answer["class"] == int(expected.argmax())
+    assert sorted(answer) == ["class", "image", "probabilities"]
+
+
+@pytest.mark.parametrize("body, headers, pattern", [
+    (b"", {}, r"^no image in the request"),
+    (b"hello, not an image", {"Content-Type": "image/png"}, r"^not a PNG, JPEG, BMP or GIF"),
+    ("truncated", {"Content-Type": "image/png"}, r"^cannot decode the image"),
+    ("blank", {"Content-Type": "image/png"}, r"^no digit found"),
+    ("two_files", None, r"^the form holds 2 files; send exactly one image"),
+])
+def test_image_endpoint_refuses_what_is_not_one_digit_image(server, exported, body, headers,
+                                                             pattern):
+  digit = _png(exported.test.images[0, ..., 0])
+  if body == "truncated":
+    body = digit[:60]
+  elif body == "blank":
+    body = _png(np.full((40, 40), 255, np.uint8))
+  elif body == "two_files":
+    boundary = "b0undary"
+    part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"f{{}}\"; "
+            f"filename=\"d.png\"\r\nContent-Type: image/png\r\n\r\n")
+    body = (part.format(1).encode() + digit + b"\r\n" + part.format(2).encode() + digit +
+            f"\r\n--{boundary}--\r\n".encode())
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+  status, answer = call_json(server, "POST", "/api/image", body, headers)
+  assert status == 400 and re.search(pattern, answer["error"]), answer
+  assert "\n" not in answer["error"]
+
+
+# --- The server ------------------------------------------------------------------------------
+
+
+def test_concurrent_clients_get_their_own_answers(server, exported):
+  images = exported.test.images[:24]
+  expected = exported.serve(images=tf.constant(images))["classes"].numpy().tolist()
+
+  def client(i):
+    if i % 3 == 0:
+      status, answer = call_json(server, "POST", "/api/image", _png(images[i, ..., 0]),
+                                 {"Content-Type": "image/png"})
+      return status, answer["probabilities"].index(max(answer["probabilities"]))
+    status, answer = call_json(server, "POST", "/v1/models/mnist:predict",
+                               {"instances": [images[i].tolist()]})
+    return status, answer["predictions"][0]["classes"]
+
+  with concurrent.futures.ThreadPoolExecutor(12) as pool:
+    results = list(pool.map(client, range(len(images))))
+  assert all(status == 200 for status, _ in results)
+  predicted = [c for _, c in results]
+  for i in range(len(images)):
+    if i % 3:  # the pixels as they are: exactly the model's answer
+      assert predicted[i] == expected[i]
+  assert np.mean(np.array(predicted) == exported.test.labels[:24]) > 0.8
+
+
+def test_a_stalled_client_does_not_block_the_others(server):
+  stalled = socket.create_connection((server.host, server.port), timeout=10)
+  try:
+    stalled.sendall(b"POST /v1/models/mnist:predict HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Length: 100000\r\n\r\n{\"instances\": [")
+    for _ in range(3):
+      assert call(server, "GET", "/v1/models/mnist", timeout=10)[0] == 200
+  finally:
+    stalled.close()
+
+
+def test_one_log_line_per_request(server):
+  path = f"/no-such-page-{uuid.uuid4().hex}"
+  assert call(server, "GET", path)[0] == 404
+  assert call(server, "GET", "/v1/models/mnist")[0] == 200
+  deadline = time.monotonic() + 5
+  while time.monotonic() < deadline:
+    lines = server.log.read_text().splitlines()
+    mine = [line for line in lines if path in line]
+    if mine:
+      break
+    time.sleep(0.05)
+  assert len(mine) == 1, mine
+  match = LOG_LINE.match(mine[0])
+  assert match and match.group(2) == path and match.group(3) == "404", mine[0]
+  assert match.group(4).startswith(" error: no such page or endpoint")
+  requests = [line for line in lines if LOG_LINE.match(line)]
+  assert len(requests) >= 3
+
+
+def test_the_page_and_its_files_need_no_network(server):
+  status, headers, page = call(server, "GET", "/")
+  assert status == 200 and headers["Content-Type"].startswith("text/html")
+  assert b'<canvas id="canvas"' in page
+  for name in ("app.js", "style.css"):
+    status, _, data = call(server, "GET", f"/static/{name}")
+    assert status == 200 and len(data) > 500
+    assert not re.search(rb"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|url\(", data), name
+  assert not re.search(rb"(src|href)=\"(https?:)?//", page)
+
+
+def test_command_refuses_a_busy_port_in_one_line(exported):
+  busy = socket.socket()
+  busy.bind(("127.0.0.1", 0))
+  busy.listen()
+  port = busy.getsockname()[1]
+  try:
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_tf2.serve", f"--export_dir={exported.export_dir}",
+         f"--port={port}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  finally:
+    busy.close()
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert errors == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+  assert "Traceback" not in result.stderr and result.stdout == ""
