@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -378,3 +379,118 @@ def test_command_refuses_a_busy_port_in_one_line(exported):
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert errors == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
   assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+# --- The page in a real browser --------------------------------------------------------------
+
+# Headless Chromium flags that work in a sandbox without a display, GPU or network.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--window-size=1000,760"]
+
+
+@pytest.fixture
+def browser(tmp_path):
+  """Selenium driving Debian's chromium; a skip on a laptop without it, a failure in CI."""
+  missing = [name for name in ("chromium", "chromedriver") if not shutil.which(name)]
+  try:
+    from selenium import webdriver  # pylint: disable=g-import-not-at-top
+    from selenium.webdriver.chrome.service import Service
+  except ImportError:
+    missing.append("selenium (pip install -e '.[dev]')")
+  if missing:
+    message = f"no browser to test the page with: {', '.join(missing)} missing"
+    if os.environ.get("CI") == "true":
+      pytest.fail(message + "; .ci/run installs them (apt-get install chromium chromium-driver)")
+    pytest.skip(message)
+  options = webdriver.ChromeOptions()
+  options.binary_location = shutil.which("chromium")
+  for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+    options.add_argument(flag)
+  driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+  driver.set_page_load_timeout(30)
+  yield driver
+  driver.quit()
+
+
+def _wait_for_answer(driver, answers_before, timeout=20):
+  from selenium.webdriver.support.ui import WebDriverWait  # pylint: disable=g-import-not-at-top
+  WebDriverWait(driver, timeout, poll_frequency=0.05).until(
+      lambda d: d.execute_script(
+          "return document.body.dataset.busy === '0' && "
+          "Number(document.body.dataset.answers) > arguments[0]", answers_before))
+  return int(driver.execute_script("return document.body.dataset.answers"))
+
+
+def _shown(driver):
+  """(top class shown, [ten bar probabilities], class of the top bar, ink in the 28x28 view)."""
+  from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
+  bars = driver.find_elements(By.CSS_SELECTOR, "#bars .bar")
+  probabilities = [float(bar.get_attribute("data-probability")) for bar in bars]
+  top = [int(bar.get_attribute("data-digit")) for bar in bars
+         if "top" in bar.get_attribute("class").split()]
+  ink = driver.execute_script(
+      "const c = document.getElementById('input28').getContext('2d');"
+      "return c.getImageData(0, 0, 28, 28).data.filter((v, i) => i % 4 == 0)"
+      ".reduce((a, b) => a + b, 0);")
+  return driver.find_element(By.ID, "prediction").text, probabilities, top, ink
+
+
+def _draw(driver, strokes):
+  """Draws with the mouse: each stroke a list of (x, y) offsets from the canvas centre."""
+  from selenium.webdriver.common.action_chains import ActionChains  # pylint: disable=g-import-not-at-top
+  from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
+  canvas = driver.find_element(By.ID, "canvas")
+  for stroke in strokes:
+    actions = ActionChains(driver, duration=15)
+    actions.move_to_element_with_offset(canvas, *stroke[0]).click_and_hold()
+    for (x0, y0), (x1, y1) in zip(stroke, stroke[1:]):
+      steps = 8
+      for _ in range(steps):
+        actions.move_by_offset(round((x1 - x0) / steps), round((y1 - y0) / steps))
+    actions.release().perform()
+
+
+def _check_page_reads(driver, digit, answers):
+  answers = _wait_for_answer(driver, answers)
+  shown, probabilities, top, ink = _shown(driver)
+  assert len(probabilities) == 10 and abs(sum(probabilities) - 1) < 1e-3, probabilities
+  assert shown == str(digit), (shown, probabilities)
+  assert top == [digit] and max(probabilities) == probabilities[digit]
+  assert ink > 0  # the 28x28 input is shown
+  return answers
+
+
+def test_the_page_reads_digits_drawn_with_the_mouse_and_uploaded(server, exported, browser,
+                                                                  tmp_path):
+  from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
+  browser.get(f"http://{server.host}:{server.port}/")
+  assert browser.title == "mnist_tf2: draw a digit"
+  answers = 0
+
+  _draw(browser, [[(0, -110), (0, 110)]])  # a "1": one stroke down
+  answers = _check_page_reads(browser, 1, answers)
+
+  browser.find_element(By.ID, "clear").click()
+  shown, probabilities, _, ink = _shown(browser)
+  assert shown == "\u2013" and probabilities == [0.0] * 10 and ink == 0
+
+  # A "7": the bar, then the downstroke, as two strokes.
+  _draw(browser, [[(-85, -100), (85, -100)], [(85, -100), (-15, 115)]])
+  answers = _check_page_reads(browser, 7, answers)
+  browser.save_screenshot(str(tmp_path / "drawn_7.png"))
+
+  # An image file, dark ink on light paper, through the file chooser.
+  classes = exported.serve(images=tf.constant(exported.test.images[:20]))["classes"].numpy()
+  labels = exported.test.labels[:20]
+  index = int(np.flatnonzero((classes == labels) & (labels != 1) & (labels != 7))[0])
+  label = int(exported.test.labels[index])
+  path = tmp_path / "digit.png"
+  Image.fromarray(255 - exported.test.images[index, ..., 0]).resize((112, 112)).save(path)
+  browser.find_element(By.ID, "file").send_keys(str(path))
+  _check_page_reads(browser, label, answers)
+
+  screenshot = tmp_path / "page.png"
+  assert browser.save_screenshot(str(screenshot))
+  with Image.open(screenshot) as image:
+    assert image.size[0] >= 900 and image.getextrema() != ((255, 255), (255, 255), (255, 255))

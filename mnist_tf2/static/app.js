@@ -21,6 +21,12 @@ let pending = false;     // ... and the latest drawing is sent once it returns
 let generation = 0;      // answers for a cleared drawing are dropped
 let answers = 0;         // for tests: how many answers have been shown
 
+// For tests and the curious: <body data-answers="N" data-busy="0|1">.
+function setBusy(busy) {
+  inFlight = busy;
+  document.body.dataset.busy = busy || pending ? "1" : "0";
+}
+
 function makeBars() {
   for (let digit = 0; digit < 10; digit++) {
     const item = document.createElement("li");
@@ -82,7 +88,7 @@ function showAnswer(answer) {
 // Sends an image file (a Blob) to the server and shows what comes back.
 async function classify(blob) {
   const mine = generation;
-  inFlight = true;
+  setBusy(true);
   try {
     const response = await fetch("/api/image", {method: "POST", body: blob,
                                                 headers: {"Content-Type": blob.type || "application/octet-stream"}});
@@ -97,11 +103,10 @@ async function classify(blob) {
   } catch (error) {
     if (mine === generation) say(`The server did not answer: ${error.message}`, true);
   } finally {
-    inFlight = false;
-    if (pending) {
-      pending = false;
-      sendDrawing();
-    }
+    const again = pending;
+    pending = false;
+    setBusy(false);
+    if (again) sendDrawing();
   }
 }
 
@@ -111,8 +116,8 @@ function sendDrawing() {
     pending = true;
     return;
   }
-  inFlight = true;  // toBlob is asynchronous too
-  canvas.toBlob((blob) => { inFlight = false; classify(blob); }, "image/png");
+  setBusy(true);  // toBlob is asynchronous too
+  canvas.toBlob((blob) => classify(blob), "image/png");
 }
 
 function point(event) {
@@ -196,3 +201,4 @@ pad.addEventListener("drop", (event) => {
 makeBars();
 reset();
 document.body.dataset.answers = "0";
+setBusy(false);
