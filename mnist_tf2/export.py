@@ -194,11 +194,23 @@ def define_flags() -> None:
   cli.define_workdir_flag("The training workdir (its config.json and checkpoints/).")
   flags.DEFINE_string("export_dir", "", "Where to write the SavedModel.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing SavedModel in --export_dir.")
+  flags.DEFINE_enum("format", "saved_model", ["saved_model", "litert"],
+                    "saved_model, or litert: a .tflite file in --export_dir (mnist_tf2.litert).")
+  flags.DEFINE_enum("quantize", "none", ["none", "int8"],
+                    "For --format=litert: none (float32) or int8 (post-training, calibrated "
+                    "on training images).")
 
 
 def main(argv):
   del argv  # cli.run refused positional arguments.
   flag_values = flags.FLAGS
+  if flag_values.format == "litert":
+    cli.import_tensorflow()
+    from mnist_tf2 import litert  # pylint: disable=g-import-not-at-top
+    litert.main(flag_values)
+    return
+  if flag_values.quantize != "none":
+    raise UserError("--quantize applies to --format=litert only")
   if not flag_values.workdir:
     raise UserError("--workdir is empty; name the training workdir to export from")
   check_export_dir(flag_values.export_dir, flag_values.overwrite)
@@ -214,4 +226,4 @@ def main(argv):
 if __name__ == "__main__":
   define_flags()
   cli.run(main, help_text=lambda: cli.command_help(
-      __doc__, ["workdir", "export_dir", "overwrite"]))
+      __doc__, ["workdir", "export_dir", "overwrite", "format", "quantize"]))

@@ -28,9 +28,11 @@ from PIL import Image
 from conftest import REPO
 from mnist_tf2 import config as config_lib
 from mnist_tf2 import datasets
+from mnist_tf2 import litert
 from mnist_tf2 import loop
 from mnist_tf2 import predict
 from mnist_tf2 import rest
+from mnist_tf2.errors import UserError
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d 127\.0\.0\.1 \"(GET|POST|PUT|DELETE) "
                       r"(\S+)\" (\d{3}) \d+B \d+\.\dms( error: .*)?$")
@@ -46,7 +48,8 @@ def exported(tmp_path_factory):
   loop.train_and_evaluate(config)
   test = datasets.load_splits(config).test
   loaded = tf.saved_model.load(config.export_dir)
-  return types.SimpleNamespace(export_dir=config.export_dir, base=base, test=test,
+  return types.SimpleNamespace(workdir=config.workdir, export_dir=config.export_dir,
+                               base=base, test=test,
                                loaded=loaded, serve=loaded.signatures["serving_default"])
 
 
@@ -379,6 +382,31 @@ def test_command_refuses_a_busy_port_in_one_line(exported):
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert errors == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
   assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+# --- LiteRT ---------------------------------------------------------------------------------
+
+
+def test_litert_float_and_int8_exports_classify_like_the_saved_model(exported, tmp_path):
+  if not litert.interpreter_available():
+    pytest.skip("the LiteRT interpreter (ai-edge-litert, in the dev extra) is not installed")
+  target = tmp_path / "litert"
+  float_path, restored = litert.export_workdir(exported.workdir, str(target))
+  int8_path, _ = litert.export_workdir(exported.workdir, str(target), quantize="int8")
+  assert sorted(os.listdir(target)) == ["model.tflite", "model_int8.tflite"]
+
+  same = litert.compare_with_saved_model(float_path, restored)
+  assert same["examples"] == 10_000 and same["differing_classes"] == 0
+  assert same["litert_accuracy"] == same["saved_model_accuracy"] > 0.9
+  quantized = litert.compare_with_saved_model(int8_path, restored)
+  assert abs(quantized["litert_accuracy"] - quantized["saved_model_accuracy"]) <= 0.005
+  assert quantized["differing_classes"] <= 100
+  assert os.path.getsize(int8_path) < 0.35 * os.path.getsize(float_path)
+
+  before = open(int8_path, "rb").read()
+  with pytest.raises(UserError, match=r"model_int8.tflite exists; pass --overwrite"):
+    litert.export_workdir(exported.workdir, str(target), quantize="int8")
+  assert open(int8_path, "rb").read() == before
 
 
 # --- The page in a real browser --------------------------------------------------------------
