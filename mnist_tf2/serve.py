@@ -18,6 +18,7 @@ stderr; Ctrl-C or SIGTERM stop it.
 """
 
 import json
+import logging as std_logging
 import os
 import signal
 import sys
@@ -246,6 +247,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
+  # waitress warns each time a request waits for a thread; our log line per
+  # request already shows the wait in its time.
+  std_logging.getLogger("waitress.queue").setLevel(std_logging.ERROR)
   flag_values = flags.FLAGS
   with one_line_errors():
     if not flag_values.export_dir:
