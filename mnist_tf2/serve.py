@@ -43,6 +43,7 @@ from werkzeug.utils import send_from_directory
 from werkzeug.wrappers import Request
 from werkzeug.wrappers import Response
 
+from mnist_tf2 import batching
 from mnist_tf2 import predict
 from mnist_tf2 import rest
 from mnist_tf2.errors import UserError
@@ -93,6 +94,7 @@ class ModelServer:
     self.classifier = predict.Classifier(export_dir)
     signatures = self.classifier.loaded.signatures
     self.signatures = {key: signatures[key] for key in signatures.keys()}
+    self.batchers = {key: batching.Batcher(function) for key, function in self.signatures.items()}
     self.metadata = rest.model_metadata(export_dir, model_name)
     self.model_name = model_name
     # merge_slashes=False: "/static//etc/passwd" is refused, not redirected.
@@ -154,17 +156,17 @@ class ModelServer:
     body = request.get_data(cache=False, parse_form_data=False)
     signature_name, inputs, row_format = rest.parse_predict(body, self.signatures)
     try:
-      outputs = self.signatures[signature_name](
-          **{key: tf.constant(value) for key, value in inputs.items()})
+      outputs = self.batchers[signature_name](inputs)
     except tf.errors.InvalidArgumentError as e:
       # The signature's own checks (e.g. on pixel ranges) refused the input.
       raise rest.RequestError(e.message.strip().splitlines()[0]) from None
-    return json_response(rest.predict_response(
-        {key: value.numpy() for key, value in outputs.items()}, row_format))
+    return json_response(rest.predict_response(outputs, row_format))
 
   def on_image(self, request):
     image = prepare_upload(upload_bytes(request))
-    probabilities = self.classifier.probabilities(image[np.newaxis])[0]
+    # predict.Classifier checked that serving_default takes these images.
+    outputs = self.batchers["serving_default"]({"images": image[np.newaxis]})
+    probabilities = outputs["probabilities"][0]
     return json_response({
         "class": int(np.argmax(probabilities)),
         "probabilities": rest.json_values(probabilities),

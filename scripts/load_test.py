@@ -108,22 +108,32 @@ class Client(threading.Thread):
       connection.close()
 
 
-def run(address, path, bodies, clients: int, seconds: float) -> dict:
+def cpu_seconds(pid: int | None) -> float:
+  """User + system CPU time of process `pid` so far (Linux /proc), or NaN."""
+  if not pid:
+    return float("nan")
+  with open(f"/proc/{pid}/stat") as f:
+    fields = f.read().rsplit(")", 1)[1].split()
+  return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(address, path, bodies, clients: int, seconds: float, server_pid=None) -> dict:
   budget = threading.Semaphore(MAX_REQUESTS)
   deadline = time.perf_counter() + seconds
   threads = [Client(address, path, bodies, deadline, budget) for _ in range(clients)]
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), cpu_seconds(server_pid)
   for thread in threads:
     thread.start()
   for thread in threads:
     thread.join(seconds + 60)
-  elapsed = time.perf_counter() - start
+  elapsed, cpu = time.perf_counter() - start, cpu_seconds(server_pid) - cpu_start
   latencies = np.array([t for thread in threads for t in thread.latencies]) * 1000
   return {"clients": clients, "requests": len(latencies),
           "per_second": len(latencies) / elapsed,
           "p50": float(np.percentile(latencies, 50)) if len(latencies) else float("nan"),
           "p99": float(np.percentile(latencies, 99)) if len(latencies) else float("nan"),
           "errors": sum(thread.errors for thread in threads),
+          "cpu_ms": 1000 * cpu / max(len(latencies), 1),
           "correct": sum(thread.correct for thread in threads)}
 
 
@@ -136,6 +146,9 @@ def main():
   parser.add_argument("--clients", default="1,8,32", help="Comma-separated client counts.")
   parser.add_argument("--seconds", type=float, default=20.0, help="Per client count.")
   parser.add_argument("--warmup", type=int, default=20, help="Requests sent first, untimed.")
+  parser.add_argument("--server_pid", type=int, default=0,
+                      help="The server's process id: adds its CPU time per request, a "
+                      "figure the machine's other load does not change much.")
   args = parser.parse_args()
   counts = [int(c) for c in args.clients.split(",")]
   if not all(1 <= c <= MAX_CLIENTS for c in counts) or not 0 < args.seconds <= MAX_SECONDS:
@@ -154,15 +167,17 @@ def main():
                      f"{args.warmup} warm-up requests with an error")
   print(f"{args.endpoint}, {args.batch} image(s) per request, {args.seconds:g} s per row, "
         f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-  print("| clients | requests | requests/s | p50 ms | p99 ms | errors | accuracy |")
-  print("|---:|---:|---:|---:|---:|---:|---:|")
+  print("| clients | requests | requests/s | p50 ms | p99 ms | errors | accuracy "
+        "| server CPU ms/request |")
+  print("|---:|---:|---:|---:|---:|---:|---:|---:|")
   failed = False
   for count in counts:
-    row = run(address, path, bodies, count, args.seconds)
+    row = run(address, path, bodies, count, args.seconds, args.server_pid)
     images = (row["requests"] - row["errors"]) * (1 if args.endpoint == "image" else args.batch)
     accuracy = row["correct"] / images if images else float("nan")
     print(f"| {count} | {row['requests']} | {row['per_second']:.0f} | {row['p50']:.1f} | "
-          f"{row['p99']:.1f} | {row['errors']} | {100 * accuracy:.1f}% |", flush=True)
+          f"{row['p99']:.1f} | {row['errors']} | {100 * accuracy:.1f}% | {row['cpu_ms']:.2f} |",
+          flush=True)
     failed |= row["errors"] > 0
   sys.exit(1 if failed else 0)
 

@@ -394,6 +394,7 @@ def test_litert_float_and_int8_exports_classify_like_the_saved_model(exported, t
   float_path, restored = litert.export_workdir(exported.workdir, str(target))
   int8_path, _ = litert.export_workdir(exported.workdir, str(target), quantize="int8")
   assert sorted(os.listdir(target)) == ["model.tflite", "model_int8.tflite"]
+  assert os.stat(float_path).st_mode & 0o044  # readable by others, as any exported model
 
   same = litert.compare_with_saved_model(float_path, restored)
   assert same["examples"] == 10_000 and same["differing_classes"] == 0
