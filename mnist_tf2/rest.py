@@ -125,9 +125,15 @@ def parse_predict(body: bytes, signatures: dict) -> tuple[str, dict, bool]:
   return name, arrays, "instances" in request
 
 
+B64_HINT = ("base64 {\"b64\": ...} values are for string inputs; this model takes uint8 "
+            "pixels; POST an image file (PNG, JPEG, ...) to /api/image instead")
+
+
 def _named(value, specs: dict, where: str) -> dict:
   """{input name: value}: a single input may be given bare, several by name."""
   if isinstance(value, dict):  # A tensor's value is never an object.
+    if set(value) == {"b64"} and "b64" not in specs:
+      raise RequestError(f"{where}: {B64_HINT}")
     if set(value) != set(specs):
       raise RequestError(f"{where} names {sorted(value)}; the signature's inputs are "
                          f"{sorted(specs)}")
@@ -206,7 +212,9 @@ def _type_error(offender, dtype: tf.DType, where: str) -> RequestError:
   shown = shown if len(shown) <= 40 else shown[:37] + "..."
   message = (f"JSON Value: {shown} Type: {kind} is not of expected type: "
              f"{dtype.name} (in {where})")
-  if dtype == tf.uint8 and isinstance(offender, float) and not isinstance(offender, bool):
+  if isinstance(offender, dict) and "b64" in offender:
+    message += f"; {B64_HINT}"
+  elif dtype == tf.uint8 and isinstance(offender, float) and not isinstance(offender, bool):
     message += ("; pixels are integers 0..255 (255 = ink), so multiply [0, 1] floats by 255 "
                 "and round")
   return RequestError(message)

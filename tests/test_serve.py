@@ -205,6 +205,11 @@ BAD_REQUESTS = {
              400, r"nested too deeply"),
     "other_input": ("POST", "/v1/models/mnist:predict", {"inputs": {"pixels": [IMAGE]}}, 400,
                     r"inputs names \['pixels'\]; the signature's inputs are \['images'\]"),
+    "b64_instance": ("POST", "/v1/models/mnist:predict", {"instances": [{"b64": "iVBORw0KGgo="}]},
+                     400, r"^instances\[0\]: base64 \{\"b64\": \.\.\.\} values are for string "
+                     r"inputs; .* POST an image file \(PNG, JPEG, \.\.\.\) to /api/image instead$"),
+    "b64_input": ("POST", "/v1/models/mnist:predict", {"inputs": {"images": [{"b64": "iVBO"}]}},
+                  400, r"Type: Object is not of expected type: uint8 .*to /api/image instead$"),
     "signature": ("POST", "/v1/models/mnist:predict", {"signature_name": "nope",
                                                       "instances": [IMAGE]},
                   400, r"Serving signature name: \"nope\" not found"),
@@ -335,6 +340,21 @@ def test_a_stalled_client_does_not_block_the_others(server):
       assert call(server, "GET", "/v1/models/mnist", timeout=10)[0] == 200
   finally:
     stalled.close()
+
+
+@pytest.mark.parametrize("raw", [
+    b"GARBAGE\r\n\r\n",
+    b"POST /v1/models/mnist:predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+    b"POST /v1/models/mnist:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"zz\r\n",
+])
+def test_broken_http_is_refused_and_the_server_goes_on(server, raw):
+  """Below the API: waitress answers malformed HTTP with its own 400 (plain text)."""
+  with socket.create_connection((server.host, server.port), timeout=10) as connection:
+    connection.sendall(raw)
+    answer = connection.recv(4096)
+  assert re.match(rb"HTTP/1\.[01] 4\d\d ", answer), answer[:200]
+  assert call(server, "GET", "/v1/models/mnist")[0] == 200
 
 
 def test_one_log_line_per_request(server):
