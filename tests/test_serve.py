@@ -485,19 +485,24 @@ def _shown(driver):
   return driver.find_element(By.ID, "prediction").text, probabilities, top, ink
 
 
-def _draw(driver, strokes):
-  """Draws with the mouse: each stroke a list of (x, y) offsets from the canvas centre."""
-  from selenium.webdriver.common.action_chains import ActionChains  # pylint: disable=g-import-not-at-top
-  from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
+def _draw(driver, strokes, pointer="mouse"):
+  """Draws each stroke, a list of (x, y) offsets from the canvas centre, with a mouse or finger."""
+  # pylint: disable=g-import-not-at-top
+  from selenium.webdriver.common.actions import interaction
+  from selenium.webdriver.common.actions.action_builder import ActionBuilder
+  from selenium.webdriver.common.actions.pointer_input import PointerInput
+  from selenium.webdriver.common.by import By
   canvas = driver.find_element(By.ID, "canvas")
+  kind = interaction.POINTER_TOUCH if pointer == "touch" else interaction.POINTER_MOUSE
   for stroke in strokes:
-    actions = ActionChains(driver, duration=15)
-    actions.move_to_element_with_offset(canvas, *stroke[0]).click_and_hold()
+    actions = ActionBuilder(driver, mouse=PointerInput(kind, pointer), duration=15)
+    actions.pointer_action.move_to(canvas, *stroke[0]).pointer_down()
     for (x0, y0), (x1, y1) in zip(stroke, stroke[1:]):
       steps = 8
       for _ in range(steps):
-        actions.move_by_offset(round((x1 - x0) / steps), round((y1 - y0) / steps))
-    actions.release().perform()
+        actions.pointer_action.move_by(round((x1 - x0) / steps), round((y1 - y0) / steps))
+    actions.pointer_action.pointer_up()
+    actions.perform()
 
 
 def _check_page_reads(driver, digit, answers):
@@ -537,7 +542,11 @@ def test_the_page_reads_digits_drawn_with_the_mouse_and_uploaded(server, exporte
   path = tmp_path / "digit.png"
   Image.fromarray(255 - exported.test.images[index, ..., 0]).resize((112, 112)).save(path)
   browser.find_element(By.ID, "file").send_keys(str(path))
-  _check_page_reads(browser, label, answers)
+  answers = _check_page_reads(browser, label, answers)
+
+  browser.find_element(By.ID, "clear").click()
+  _draw(browser, [[(0, -110), (0, 110)]], pointer="touch")  # a "1" with a finger
+  _check_page_reads(browser, 1, answers)
 
   screenshot = tmp_path / "page.png"
   assert browser.save_screenshot(str(screenshot))
