@@ -273,6 +273,11 @@ def main(argv):
   finally:
     server.close()
   print("Stopped.", flush=True)
+  sys.stderr.flush()
+  # Nothing is left to save, and TensorFlow's own C++ teardown at interpreter
+  # exit takes seconds (measured here: 7 s on a loaded machine), which a
+  # supervisor waiting for the process would wait through.
+  os._exit(0)
 
 
 if __name__ == "__main__":

@@ -404,6 +404,24 @@ def test_command_refuses_a_busy_port_in_one_line(exported):
   assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+def test_load_test_script_against_the_server(server):
+  script = os.path.join(REPO, "scripts", "load_test.py")
+  result = subprocess.run(
+      [sys.executable, script, f"--url=http://127.0.0.1:{server.port}", "--clients=1,3",
+       "--seconds=1", "--warmup=2", f"--server_pid={server.process.pid}"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = re.findall(r"^\| (\d+) \| (\d+) \| \d+ \| [\d.]+ \| [\d.]+ \| (\d+) \| [\d.]+% \| "
+                    r"[\d.]+ \|$", result.stdout, re.M)
+  assert [(clients, errors) for clients, _, errors in rows] == [("1", "0"), ("3", "0")]
+  assert all(int(requests) > 0 for _, requests, _ in rows)
+
+  elsewhere = subprocess.run([sys.executable, script, "--url=http://192.0.2.1:8501"],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert elsewhere.returncode != 0
+  assert "not on this machine (loopback addresses only)" in elsewhere.stderr
+
+
 # --- LiteRT ---------------------------------------------------------------------------------
 
 
