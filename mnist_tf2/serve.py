@@ -20,6 +20,7 @@ stderr; Ctrl-C or SIGTERM stop it.
 import json
 import logging as std_logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -77,6 +78,11 @@ class LimitedRequest(Request):
   max_form_parts = 16
 
 
+def printable(text: str) -> str:
+  """`text` with control characters escaped: a URL's %0A must not split a log line."""
+  return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def json_response(value, status: int = 200) -> Response:
   return Response(json.dumps(value), status=status, mimetype="application/json")
 
@@ -110,7 +116,7 @@ class ModelServer:
       error = getattr(response, "error", None)
       self.log.write(
           f"{time.strftime('%Y-%m-%d %H:%M:%S')} {request.remote_addr} \"{request.method} "
-          f"{request.path}\" {response.status_code} {response.content_length or 0}B "
+          f"{printable(request.path)}\" {response.status_code} {response.content_length or 0}B "
           f"{milliseconds:.1f}ms" + (f" error: {error}" if error else "") + "\n")
       self.log.flush()
     return response(environ, start_response)
@@ -198,12 +204,13 @@ def prepare_upload(data: bytes) -> np.ndarray:
 
 
 def _http_error_message(error: HTTPException, request: Request) -> str:
+  path = printable(request.path)
   if error.code == 404:
-    return (f"no such page or endpoint: {request.path}; this server answers GET /, "
+    return (f"no such page or endpoint: {path}; this server answers GET /, "
             "GET /v1/models/NAME[/metadata], POST /v1/models/NAME:predict, POST /api/image")
   if error.code == 405:
     allowed = ", ".join(sorted(set(getattr(error, "valid_methods", None) or [])))
-    return f"{request.method} is not allowed on {request.path}; use {allowed}"
+    return f"{request.method} is not allowed on {path}; use {allowed}"
   if error.code == 413:
     return (f"the request body is larger than the {MAX_BODY_BYTES // 2**20} MiB limit")
   return f"{error.name}: {error.description}".splitlines()[0]

@@ -221,6 +221,8 @@ BAD_REQUESTS = {
     "other_version": ("GET", "/v1/models/mnist/versions/2", None, 404,
                       r"^Servable not found for request: Specific\(mnist, 2\)$"),
     "unknown_path": ("GET", "/favicon.ico", None, 404, r"no such page or endpoint: /favicon.ico"),
+    "control_characters": ("GET", "/a%0Ab%1B[31m", None, 404,
+                           r"^no such page or endpoint: /a\\x0ab\\x1b\[31m;"),
     "traversal": ("GET", "/static/../rest.py", None, 404, r"no such page"),
     "encoded_traversal": ("GET", "/static/%2e%2e/rest.py", None, 404, r"no such page"),
     "absolute": ("GET", "/static//etc/passwd", None, 404, r"no such page"),
@@ -358,19 +360,22 @@ def test_broken_http_is_refused_and_the_server_goes_on(server, raw):
 
 
 def test_one_log_line_per_request(server):
-  path = f"/no-such-page-{uuid.uuid4().hex}"
-  assert call(server, "GET", path)[0] == 404
+  tag = uuid.uuid4().hex
+  # A newline in the URL stays in its line, escaped.
+  assert call(server, "GET", f"/no-such-page-{tag}%0Aforged")[0] == 404
   assert call(server, "GET", "/v1/models/mnist")[0] == 200
   deadline = time.monotonic() + 5
   while time.monotonic() < deadline:
     lines = server.log.read_text().splitlines()
-    mine = [line for line in lines if path in line]
+    mine = [line for line in lines if tag in line]
     if mine:
       break
     time.sleep(0.05)
   assert len(mine) == 1, mine
   match = LOG_LINE.match(mine[0])
-  assert match and match.group(2) == path and match.group(3) == "404", mine[0]
+  assert match and match.group(2) == f"/no-such-page-{tag}\\x0aforged", mine[0]
+  assert match.group(3) == "404"
+  assert not [line for line in lines if line.startswith("forged")]
   assert match.group(4).startswith(" error: no such page or endpoint")
   requests = [line for line in lines if LOG_LINE.match(line)]
   assert len(requests) >= 3
