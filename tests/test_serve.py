@@ -430,21 +430,29 @@ def test_load_test_script_against_the_server(server):
 # --- LiteRT ---------------------------------------------------------------------------------
 
 
-def test_litert_float_and_int8_exports_classify_like_the_saved_model(exported, tmp_path):
+def test_litert_float_and_int8_exports_classify_like_the_saved_model(exported, tmp_path, capsys):
   if not litert.interpreter_available():
     pytest.skip("the LiteRT interpreter (ai-edge-litert, in the dev extra) is not installed")
   target = tmp_path / "litert"
   float_path, restored = litert.export_workdir(exported.workdir, str(target))
-  int8_path, _ = litert.export_workdir(exported.workdir, str(target), quantize="int8")
-  assert sorted(os.listdir(target)) == ["model.tflite", "model_int8.tflite"]
-  assert os.stat(float_path).st_mode & 0o044  # readable by others, as any exported model
-
   same = litert.compare_with_saved_model(float_path, restored)
   assert same["examples"] == 10_000 and same["differing_classes"] == 0
   assert same["litert_accuracy"] == same["saved_model_accuracy"] > 0.9
-  quantized = litert.compare_with_saved_model(int8_path, restored)
-  assert abs(quantized["litert_accuracy"] - quantized["saved_model_accuracy"]) <= 0.005
-  assert quantized["differing_classes"] <= 100
+
+  # int8 through the command's code (export --format=litert --quantize=int8).
+  flag_values = types.SimpleNamespace(workdir=exported.workdir, export_dir=str(target),
+                                      quantize="int8", overwrite=False)
+  capsys.readouterr()
+  litert.main(flag_values)
+  out = capsys.readouterr().out
+  int8_path = str(target / "model_int8.tflite")
+  assert f"as int8 LiteRT to {int8_path} (" in out
+  match = re.search(r"on 10,000 test images: accuracy (\d+\.\d\d)% \(SavedModel "
+                    r"(\d+\.\d\d)%\), (\d+) classes differ", out)
+  assert match, out
+  assert abs(float(match.group(1)) - float(match.group(2))) <= 0.5 and int(match.group(3)) <= 100
+  assert sorted(os.listdir(target)) == ["model.tflite", "model_int8.tflite"]
+  assert os.stat(float_path).st_mode & 0o044  # readable by others, as any exported model
   assert os.path.getsize(int8_path) < 0.35 * os.path.getsize(float_path)
 
   before = open(int8_path, "rb").read()
