@@ -27,6 +27,7 @@ from mnist_tf2 import datasets
 from mnist_tf2 import export
 from mnist_tf2 import restore
 from mnist_tf2.errors import UserError
+from mnist_tf2.errors import first_line
 from mnist_tf2.errors import one_line_errors
 
 QUANTIZATIONS = ("none", "int8")
@@ -104,8 +105,7 @@ def export_workdir(workdir: str, export_dir: str, quantize: str = "none",
         flatbuffer = convert(saved_model, quantize, calibration)
     except Exception as e:  # pylint: disable=broad-except
       # The converter raises ConverterError, RuntimeError or ValueError.
-      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise UserError(f"the LiteRT converter failed: {reason}") from None
+      raise UserError(f"the LiteRT converter failed: {first_line(e)}") from None
   _write_atomically(path, flatbuffer)
   return path, restored
 

@@ -27,6 +27,7 @@ from mnist_tf2 import batching
 from mnist_tf2 import predict
 from mnist_tf2 import rest
 from mnist_tf2.errors import UserError
+from mnist_tf2.errors import first_line
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 # A batch of MAX_INSTANCES images as JSON is ~3 MiB; a photo of a digit rarely 10.
@@ -114,7 +115,7 @@ class ModelServer:
     except Exception as e:  # pylint: disable=broad-except
       # A bug of ours: say so in one line, keep serving, leave the trace in the log.
       traceback.print_exc(file=self.log or sys.stderr)
-      return error_response(500, f"internal error: {type(e).__name__}: {e}".splitlines()[0])
+      return error_response(500, f"internal error: {type(e).__name__}: {first_line(e)}")
 
   def on_index(self, request):
     return send_from_directory(STATIC_DIR, "index.html", request.environ)
@@ -145,7 +146,7 @@ class ModelServer:
       outputs = self.batchers[signature_name](inputs)
     except tf.errors.InvalidArgumentError as e:
       # The signature's own checks (e.g. on pixel ranges) refused the input.
-      raise rest.RequestError(e.message.strip().splitlines()[0]) from None
+      raise rest.RequestError(first_line(e)) from None
     return json_response(rest.predict_response(outputs, row_format))
 
   def on_image(self, request):
