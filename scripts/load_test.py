@@ -5,10 +5,12 @@
 
 Each client is a thread with its own keep-alive connection that sends one
 request after another (no think time): a TF Serving predict of one MNIST test
-image (`--endpoint=predict`, `--batch` images per request) or one PNG to our
-`/api/image` (`--endpoint=image`). Prints a Markdown table: clients, requests,
-requests/s, p50 and p99 latency (ms), errors (non-200 answers, wrong answers,
-connection failures).
+image as uint8 pixels (`--endpoint=predict`, `--batch` images per request, to
+the signature the metadata shows taking uint8) or one PNG to our `/api/image`
+(`--endpoint=image`). Prints a Markdown table: clients, requests, requests/s,
+p50 and p99 latency (ms), errors (non-200 answers and connection failures),
+the accuracy of the answers, and with `--server_pid` the server's CPU time per
+request.
 
 Only a server on this machine (a loopback address) is accepted, and every run
 is bounded in time and count. The clients share the machine with the server:
@@ -52,7 +54,28 @@ def loopback_address(url: str) -> tuple[str, int]:
   return parsed.hostname, port
 
 
-def request_bodies(endpoint: str, batch: int, count: int = 100) -> list[tuple[bytes, dict, list]]:
+def uint8_signature(address, model_name: str) -> str:
+  """The name of the model's signature that takes uint8 images (from its metadata)."""
+  connection = http.client.HTTPConnection(*address, timeout=30)
+  try:
+    connection.request("GET", f"/v1/models/{model_name}/metadata")
+    response = connection.getresponse()
+    body = response.read()
+  except OSError as e:
+    raise SystemExit(f"error: no server at {address[0]}:{address[1]}: {e}") from None
+  finally:
+    connection.close()
+  if response.status != 200:
+    raise SystemExit(f"error: GET /v1/models/{model_name}/metadata answered {response.status}")
+  signatures = json.loads(body)["metadata"]["signature_def"]["signature_def"]
+  for key in ("serving_uint8", "serving_default"):
+    if signatures.get(key, {}).get("inputs", {}).get("images", {}).get("dtype") == "DT_UINT8":
+      return key
+  raise SystemExit("error: the model has no signature taking uint8 images")
+
+
+def request_bodies(endpoint: str, batch: int, signature: str = "serving_default",
+                   count: int = 100) -> list[tuple[bytes, dict, list]]:
   """`count` requests made of MNIST test images: (body, headers, expected labels)."""
   images = idx.read_idx(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz"))
   labels = idx.read_idx(os.path.join(MNIST_DIR, "t10k-labels-idx1-ubyte.gz"))
@@ -65,7 +88,7 @@ def request_bodies(endpoint: str, batch: int, count: int = 100) -> list[tuple[by
       bodies.append((buffer.getvalue(), {"Content-Type": "image/png"}, [int(labels[i])]))
     else:
       pixels = np.asarray(images[chosen])[..., np.newaxis].tolist()
-      bodies.append((json.dumps({"instances": pixels}).encode(),
+      bodies.append((json.dumps({"signature_name": signature, "instances": pixels}).encode(),
                      {"Content-Type": "application/json"}, labels[chosen].tolist()))
   return bodies
 
@@ -158,7 +181,7 @@ def main():
   address = loopback_address(args.url)
   path = ("/api/image" if args.endpoint == "image"
           else f"/v1/models/{args.model_name}:predict")
-  bodies = request_bodies(args.endpoint, args.batch)
+  bodies = request_bodies(args.endpoint, args.batch, uint8_signature(address, args.model_name))
   warmup = Client(address, path, bodies, time.perf_counter() + 60,
                   threading.Semaphore(args.warmup))
   warmup.run()
