@@ -2,9 +2,10 @@
 
 `python -m mnist_tf2.export --workdir=W --export_dir=E --format=litert [--quantize=int8]`
 writes `E/model.tflite` (float32) or `E/model_int8.tflite` with TensorFlow's own
-converter (`tf.lite.TFLiteConverter`) from the same `serving_default` signature
-as the SavedModel: input images uint8 [batch, 28, 28, 1], outputs probabilities
-float32 [batch, 10] and classes int64 [batch].
+converter (`tf.lite.TFLiteConverter`) from the SavedModel signature that takes
+MNIST's bytes (SIGNATURE_KEY): input images uint8 [batch, 28, 28, 1] (0 =
+background, 255 = ink), outputs probabilities float32 [batch, 10] and classes
+int64 [batch].
 
 int8 is full-integer post-training quantization: the weights and activations
 are int8, their ranges calibrated on CALIBRATION_IMAGES training images (never
@@ -31,13 +32,16 @@ from mnist_tf2.errors import first_line
 from mnist_tf2.errors import one_line_errors
 
 QUANTIZATIONS = ("none", "int8")
+# The SavedModel signature converted: the one taking MNIST's uint8 bytes (a
+# phone's camera or canvas gives bytes, and int8 quantization keeps them).
+SIGNATURE_KEY = getattr(export, "UINT8_SIGNATURE_KEY", export.SIGNATURE_KEY)
 CALIBRATION_IMAGES = 1000
 FILE_NAMES = {"none": "model.tflite", "int8": "model_int8.tflite"}
 
 
 def convert(saved_model_dir: str, quantize: str = "none",
             calibration_images: np.ndarray | None = None) -> bytes:
-  """The `serving_default` signature of a SavedModel as a .tflite flatbuffer.
+  """The SIGNATURE_KEY signature of a SavedModel as a .tflite flatbuffer.
 
   Args:
     saved_model_dir: a SavedModel from `mnist_tf2.export`.
@@ -46,7 +50,7 @@ def convert(saved_model_dir: str, quantize: str = "none",
       whose activation ranges set the quantization scales.
   """
   converter = tf.lite.TFLiteConverter.from_saved_model(
-      saved_model_dir, signature_keys=[export.SIGNATURE_KEY])
+      saved_model_dir, signature_keys=[SIGNATURE_KEY])
   if quantize == "int8":
     if calibration_images is None or not len(calibration_images):
       raise ValueError("int8 quantization needs calibration images")
@@ -138,12 +142,12 @@ def interpreter_available() -> bool:
 
 
 class LiteRTClassifier:
-  """A .tflite file's `serving_default` signature in the LiteRT interpreter."""
+  """A .tflite file's SIGNATURE_KEY signature in the LiteRT interpreter."""
 
   def __init__(self, path: str, batch_size: int = 1):
     from ai_edge_litert import interpreter as litert  # pylint: disable=g-import-not-at-top
     self.interpreter = litert.Interpreter(model_path=path)
-    self.runner = self.interpreter.get_signature_runner(export.SIGNATURE_KEY)
+    self.runner = self.interpreter.get_signature_runner(SIGNATURE_KEY)
     self.batch_size = batch_size
 
   def classes(self, images: np.ndarray) -> np.ndarray:
@@ -167,7 +171,7 @@ def compare_with_saved_model(tflite_path: str, restored: restore.Restored,
   data = getattr(datasets.load_splits(restored.config), split)
   with tempfile.TemporaryDirectory(prefix="mnist_tf2-litert-") as staging:
     export.export_model(restored.model, restored.config, staging + "/saved_model")
-    serve = tf.saved_model.load(staging + "/saved_model").signatures[export.SIGNATURE_KEY]
+    serve = tf.saved_model.load(staging + "/saved_model").signatures[SIGNATURE_KEY]
     reference = np.concatenate([
         serve(images=tf.constant(data.images[i:i + 1000]))["classes"].numpy()
         for i in range(0, len(data.images), 1000)])
