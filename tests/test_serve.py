@@ -299,7 +299,7 @@ def test_image_endpoint_reads_files_exactly_as_predict_does(server, exported, tm
 
 @pytest.mark.parametrize("body, headers, pattern", [
     (b"", {}, r"^no image in the request"),
-    (b"hello, not an image", {"Content-Type": "image/png"}, r"^not a PNG, JPEG, BMP or GIF"),
+    (b"hello, not an image", {"Content-Type": "image/png"}, r"^not a PNG, JPEG, .* image$"),
     ("truncated", {"Content-Type": "image/png"}, r"^cannot decode the image"),
     ("blank", {"Content-Type": "image/png"}, r"^no digit found"),
     ("two_files", None, r"^the form holds 2 files; send exactly one image"),
