@@ -119,14 +119,15 @@ def parse_predict(body: bytes, signatures: dict) -> tuple[str, dict, bool]:
   else:
     columns = _named(request["inputs"], specs, "inputs")
     where = "inputs"
-  arrays = {key: to_array(value, specs[key], f"{where}" + (f"[{key!r}]" if len(specs) > 1 else ""),
-                          check_bools)
-            for key, value in columns.items()}
+  arrays = {}
+  for key, value in columns.items():
+    named = f"{where}[{key!r}]" if len(specs) > 1 else where
+    arrays[key] = to_array(value, specs[key], named, check_bools)
   return name, arrays, "instances" in request
 
 
-B64_HINT = ("base64 {\"b64\": ...} values are for string inputs; this model takes uint8 "
-            "pixels; POST an image file (PNG, JPEG, ...) to /api/image instead")
+B64_HINT = ("base64 {\"b64\": ...} values are for string inputs; this model takes pixels "
+            "as numbers; POST an image file (PNG, JPEG, ...) to /api/image instead")
 
 
 def _named(value, specs: dict, where: str) -> dict:
