@@ -197,4 +197,4 @@ def main(flag_values) -> None:
   print(f"Checked with the LiteRT interpreter on {check['examples']:,} test images: "
         f"accuracy {100 * check['litert_accuracy']:.2f}% (SavedModel "
         f"{100 * check['saved_model_accuracy']:.2f}%), {check['differing_classes']} "
-        "classes differ")
+        + ("class differs" if check["differing_classes"] == 1 else "classes differ"))
