@@ -5,9 +5,10 @@ Two faces on one port (default http://127.0.0.1:8501/):
 * TensorFlow Serving's REST API (`mnist_tf2.rest`), so its clients work unchanged:
   `GET /v1/models/mnist`, `GET /v1/models/mnist/metadata`,
   `POST /v1/models/mnist:predict` with {"instances": ...} or {"inputs": ...}.
-* `POST /api/image`: an image file (PNG, JPEG, BMP, GIF; as the raw body or a
-  multipart form field) read exactly as `mnist_tf2.predict` reads files, answered
-  with {"class", "probabilities", "image": the 28x28 uint8 input the model saw}.
+* `POST /api/image`: an image file (a photo, a scan, a drawing; as the raw body or
+  a multipart form field) read by `mnist_tf2.preprocess.prepare`, as `predict`
+  reads files, answered with {"class", "probabilities", "image": the 28x28 uint8
+  input the model saw, "info": where the digit was found}.
   The page at `/` (mnist_tf2/static/, no network needed) draws and uploads
   digits through it.
 

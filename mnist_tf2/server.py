@@ -9,7 +9,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 import traceback
 
@@ -25,6 +24,7 @@ from werkzeug.wrappers import Response
 
 from mnist_tf2 import batching
 from mnist_tf2 import predict
+from mnist_tf2 import preprocess
 from mnist_tf2 import rest
 from mnist_tf2.errors import UserError
 from mnist_tf2.errors import first_line
@@ -150,13 +150,15 @@ class ModelServer:
     return json_response(rest.predict_response(outputs, row_format))
 
   def on_image(self, request):
-    image = prepare_upload(upload_bytes(request))
+    # The one code path image files take, here and in `python -m mnist_tf2.predict`.
+    image, info = preprocess.prepare(upload_bytes(request))
     outputs = self.batchers[self.image_signature]({"images": image[np.newaxis]})
     probabilities = outputs["probabilities"][0]
     return json_response({
         "class": int(np.argmax(probabilities)),
         "probabilities": rest.json_values(probabilities),
-        "image": image[..., 0].tolist()})
+        "image": image[..., 0].tolist(),
+        "info": info})
 
 
 def upload_bytes(request: Request) -> bytes:
@@ -172,15 +174,6 @@ def upload_bytes(request: Request) -> bytes:
     raise rest.RequestError("no image in the request: send an image file as the body or as "
                             "a multipart form field")
   return data
-
-
-def prepare_upload(data: bytes) -> np.ndarray:
-  """An uploaded image file as predict reads it, uint8 [28, 28, 1]; UserError if it cannot be."""
-  with tempfile.TemporaryDirectory(prefix="mnist_tf2-upload-") as directory:
-    path = os.path.join(directory, "upload")
-    with open(path, "wb") as f:
-      f.write(data)
-    return predict.prepare(path)
 
 
 def _http_error_message(error: HTTPException, request: Request) -> str:

@@ -31,6 +31,7 @@ from mnist_tf2 import datasets
 from mnist_tf2 import litert
 from mnist_tf2 import loop
 from mnist_tf2 import predict
+from mnist_tf2 import preprocess
 from mnist_tf2 import rest
 from mnist_tf2.errors import UserError
 
@@ -289,12 +290,13 @@ def test_image_endpoint_reads_files_exactly_as_predict_does(server, exported, tm
       body, headers = data, {"Content-Type": mime}
     status, answer = call_json(server, "POST", "/api/image", body, headers)
     assert status == 200, answer
-    expected_image = predict.prepare(str(path))
+    expected_image, expected_info = preprocess.prepare(str(path))
     np.testing.assert_array_equal(np.array(answer["image"], np.uint8), expected_image[..., 0])
     expected = classifier.probabilities(expected_image[np.newaxis])[0]
     np.testing.assert_allclose(answer["probabilities"], expected, rtol=1e-6, atol=1e-7)
     assert answer["class"] == int(expected.argmax())
-    assert sorted(answer) == ["class", "image", "probabilities"]
+    assert sorted(answer) == ["class", "image", "info", "probabilities"]
+    assert answer["info"] == json.loads(json.dumps(expected_info))  # e.g. where the digit is
 
 
 @pytest.mark.parametrize("body, headers, pattern", [
