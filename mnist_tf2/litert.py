@@ -34,7 +34,7 @@ from mnist_tf2.errors import one_line_errors
 QUANTIZATIONS = ("none", "int8")
 # The SavedModel signature converted: the one taking MNIST's uint8 bytes (a
 # phone's camera or canvas gives bytes, and int8 quantization keeps them).
-SIGNATURE_KEY = getattr(export, "UINT8_SIGNATURE_KEY", export.SIGNATURE_KEY)
+SIGNATURE_KEY = export.UINT8_SIGNATURE_KEY
 CALIBRATION_IMAGES = 1000
 FILE_NAMES = {"none": "model.tflite", "int8": "model_int8.tflite"}
 

@@ -23,16 +23,11 @@ import os
 import signal
 import sys
 
-# Quieter TensorFlow start-up (no INFO lines); set before TensorFlow is imported.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-from absl import logging
 import waitress
 
+from mnist_tf2 import cli
 from mnist_tf2.errors import UserError
-from mnist_tf2.errors import one_line_errors
 
 MAX_CONNECTIONS = 100  # open at once; more wait in the kernel's accept queue
 
@@ -71,25 +66,22 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)
+  del argv  # cli.run refused positional arguments.
   # waitress warns each time a request waits for a thread; our log line per
   # request already shows the wait in its time.
   std_logging.getLogger("waitress.queue").setLevel(std_logging.ERROR)
   flag_values = flags.FLAGS
-  with one_line_errors():
-    if not flag_values.export_dir:
-      raise UserError("--export_dir is empty; name the SavedModel from mnist_tf2.export")
-    if not 1 <= flag_values.threads <= 64:
-      raise UserError(f"--threads must be in 1..64, got {flag_values.threads}")
-    if not 0 <= flag_values.port <= 65535:
-      raise UserError(f"--port must be in 0..65535, got {flag_values.port}")
-    # TensorFlow is imported here, after the flags are checked.
-    from mnist_tf2 import server  # pylint: disable=g-import-not-at-top
-    application = server.ModelServer(flag_values.export_dir, flag_values.model_name)
-    httpd = create_server(application, flag_values.host, flag_values.port,
-                          flag_values.threads, server.MAX_BODY_BYTES)
+  if not flag_values.export_dir:
+    raise UserError("--export_dir is empty; name the SavedModel from mnist_tf2.export")
+  if not 1 <= flag_values.threads <= 64:
+    raise UserError(f"--threads must be in 1..64, got {flag_values.threads}")
+  if not 0 <= flag_values.port <= 65535:
+    raise UserError(f"--port must be in 0..65535, got {flag_values.port}")
+  cli.import_tensorflow()
+  from mnist_tf2 import server  # pylint: disable=g-import-not-at-top
+  application = server.ModelServer(flag_values.export_dir, flag_values.model_name)
+  httpd = create_server(application, flag_values.host, flag_values.port,
+                        flag_values.threads, server.MAX_BODY_BYTES)
   signal.signal(signal.SIGTERM, _stop)
   print(f"Serving {os.path.abspath(flag_values.export_dir)} at "
         f"{url_of(flag_values.host, httpd.effective_port)} (Ctrl-C to stop)", flush=True)
@@ -109,4 +101,5 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, help_text=lambda: cli.command_help(
+      __doc__, ["export_dir", "host", "port", "model_name", "threads"]))
