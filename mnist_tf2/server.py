@@ -146,7 +146,7 @@ class ModelServer:
       outputs = self.batchers[signature_name](inputs)
     except tf.errors.InvalidArgumentError as e:
       # The signature's own checks (e.g. on pixel ranges) refused the input.
-      raise rest.RequestError(first_line(e)) from None
+      raise rest.RequestError(_refusal(e)) from None
     return json_response(rest.predict_response(outputs, row_format))
 
   def on_image(self, request):
@@ -159,6 +159,14 @@ class ModelServer:
         "probabilities": rest.json_values(probabilities),
         "image": image[..., 0].tolist(),
         "info": info})
+
+
+def _refusal(error) -> str:
+  """The message of a signature's own check (tf.debugging.Assert) in one line."""
+  # The error's first line is TensorFlow's "Graph execution error:"; the check's
+  # own words follow as "assertion failed: [message]".
+  found = re.search(r"assertion failed: \[(.*)\]", error.message or "")
+  return found.group(1) if found else first_line(error)
 
 
 def upload_bytes(request: Request) -> bytes:

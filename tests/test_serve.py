@@ -191,6 +191,10 @@ BAD_REQUESTS = {
     "nan": ("POST", "/v1/models/mnist:predict",
             '{"signature_name": "%U8%", "instances": [[[[NaN]]]]}', 400,
             r"JSON Value: NaN Type: Number is not of expected type: uint8"),
+    "unscaled_to_float_default": (
+        "POST", "/v1/models/mnist:predict",
+        {"signature_name": "serving_default", "instances": [np.full((28, 28, 1), 255).tolist()]},
+        400, r"^images must be float32 pixels in \[0, 1\] .*serving_uint8 signature$"),
     "too_large": ("POST", "/v1/models/mnist:predict",
                   {"instances": [np.full((28, 28, 1), 256).tolist()]}, 400,
                   r"^instances\[0\]\[0\]\[0\]\[0\]: 256 is outside uint8's range 0\.\.255$"),
