@@ -59,11 +59,15 @@ def _cv2():
   return cv2
 
 
-def digit_ink(digit: np.ndarray, digit_px: int = DIGIT_PX, stroke: float = 0.0) -> np.ndarray:
+def digit_ink(digit: np.ndarray, digit_px: int = DIGIT_PX, stroke: float = 0.0,
+              pen: float = 0.0) -> np.ndarray:
   """float [S, S] in [0, 1]: a 28x28 MNIST digit enlarged so its 20-pixel box is `digit_px`.
 
-  `stroke` < 0 erodes (a thinner pen), > 0 dilates (a marker), by that fraction
-  of the box; the edges stay soft.
+  `stroke` > 0 dilates (a marker), < 0 erodes, by that fraction of the box.
+  `pen` > 0 redraws the digit with a pen that wide (a fraction of the box): its
+  centre line (the shape's skeleton) traced by an anti-aliased round nib, so a
+  thin pen draws the same connected strokes, only narrower; erosion would break
+  the digit's thinner parts apart, which no pen does.
   """
   cv2 = _cv2()
   size = round(28 * digit_px / 20)
@@ -73,7 +77,38 @@ def digit_ink(digit: np.ndarray, digit_px: int = DIGIT_PX, stroke: float = 0.0) 
     radius = max(1, round(abs(stroke) * digit_px))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
     ink = (cv2.erode if stroke < 0 else cv2.dilate)(ink, kernel)
+  if pen:
+    line = skeleton(ink > 0.5)
+    distance = cv2.distanceTransform((~line).astype(np.uint8), cv2.DIST_L2, 5)
+    ink = np.clip(pen * digit_px / 2 + 0.5 - distance, 0.0, 1.0).astype(np.float32)
   return ink
+
+
+def skeleton(shape: np.ndarray) -> np.ndarray:
+  """bool [H, W]: the one-pixel, 8-connected centre line of a bool shape (Zhang-Suen thinning).
+
+  Connected parts of the shape stay connected, loops stay closed.
+  """
+  image = np.pad(shape, 1).astype(np.uint8)
+  while True:
+    changed = False
+    for step in (0, 1):
+      p = np.pad(image, 1)
+      # Neighbours P2..P9 clockwise from north.
+      n = [p[:-2, 1:-1], p[:-2, 2:], p[1:-1, 2:], p[2:, 2:], p[2:, 1:-1], p[2:, :-2],
+           p[1:-1, :-2], p[:-2, :-2]]
+      count = sum(n)
+      transitions = sum(((n[i] == 0) & (n[(i + 1) % 8] == 1)).astype(np.uint8) for i in range(8))
+      if step == 0:
+        far = (n[0] * n[2] * n[4] == 0) & (n[2] * n[4] * n[6] == 0)
+      else:
+        far = (n[0] * n[2] * n[6] == 0) & (n[0] * n[4] * n[6] == 0)
+      remove = (image == 1) & (count >= 2) & (count <= 6) & (transitions == 1) & far
+      if remove.any():
+        image[remove] = 0
+        changed = True
+    if not changed:
+      return image[1:-1, 1:-1].astype(bool)
 
 
 def place(ink: np.ndarray, page: tuple[int, int], rng, angle: float = 0.0) -> np.ndarray:
@@ -232,7 +267,7 @@ CONDITIONS = {
         _page(d, r), r, **dict(zip(("paper", "pen"), INK_COLOURS[r.integers(len(INK_COLOURS))])),
         noise=3), "JPEG", quality=90),
     "low_contrast": lambda d, r: encode(photograph(_page(d, r), r, paper=200, pen=150, noise=2)),
-    "thin_strokes": lambda d, r: encode(photograph(_page(d, r, stroke=-0.035), r, noise=2)),
+    "thin_strokes": lambda d, r: encode(photograph(_page(d, r, pen=0.05), r, noise=2)),
     "thick_strokes": lambda d, r: encode(photograph(_page(d, r, stroke=0.03), r, noise=2)),
     "rotation_margins": lambda d, r: encode(photograph(place(
         digit_ink(d, digit_px=int(r.integers(60, 330))), (480, 400), r,
