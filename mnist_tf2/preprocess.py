@@ -17,8 +17,8 @@ undoing what a camera or scanner adds:
    keep the connected components that make up the digit: the largest mark plus the
    pieces close to it, ignoring specks, paper texture and distant marks;
 5. redraw the digit as MNIST's were made: its binary shape at 4x scale, the stroke
-   width brought into the range MNIST's pens have, anti-aliased down to fit a 20x20
-   box, centre of mass at the centre of 28x28.
+   width brought into the range MNIST's pens have (a fine pen's to their median),
+   anti-aliased down to fit a 20x20 box, centre of mass at the centre of 28x28.
 
 Image work is done with OpenCV (`opencv-python-headless`), imported on first use so
 commands that never read an image (`--help`) do not pay for it.
@@ -54,8 +54,8 @@ CANVAS_SCALE = 4  # the digit's shape is redrawn at this multiple of the MNIST s
 # Stroke width (2 * area / perimeter of the binary shape) in MNIST pixels when the
 # digit fills the 20x20 box: the 5th, 50th and 95th percentiles over the MNIST
 # training digits (3,000 of them: `python scripts/predict_eval.py --measure_strokes
-# --num_digits=3000`). Widths
-# outside [low, high] are brought to the nearest end.
+# --num_digits=3000`). Narrower strokes are widened to the median, wider ones
+# thinned to the high end.
 MNIST_STROKE = (1.55, 2.30, 3.25)
 
 # A digit is ink at least this many noise standard deviations, and this fraction
@@ -443,10 +443,18 @@ def stroke_width(shape: np.ndarray) -> float:
 
 
 def _set_stroke_width(shape: np.ndarray, width: float) -> np.ndarray:
-  """Dilates or erodes a canvas shape whose stroke `width` (MNIST pixels) is outside MNIST's."""
+  """Dilates or erodes a canvas shape whose stroke `width` (MNIST pixels) is outside MNIST's.
+
+  Strokes thinner than MNIST's thinnest are widened to its median width, not
+  just to that thinnest: a fine pen says nothing about how wide the digit's
+  writer would have drawn it with MNIST's pens, and the median is what the
+  model has seen most (thin strokes widened only to the edge of the range are
+  read markedly worse: docs/PHOTOS.md). Strokes wider than its widest are
+  thinned to that widest.
+  """
   cv2 = _cv2()
-  low, _, high = MNIST_STROKE
-  change = (low - width if width < low else high - width if width > high else 0.0)
+  low, median, high = MNIST_STROKE
+  change = (median - width if width < low else high - width if width > high else 0.0)
   radius = round(abs(change) * CANVAS_SCALE / 2)
   if radius == 0:
     return shape
