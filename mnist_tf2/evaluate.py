@@ -5,12 +5,15 @@ split of the data the run trained on, prints the tutorial's evaluation lines
 and the 10x10 confusion matrix (rows: true label, columns: predicted label).
 """
 
+import sys
+
 from absl import flags
 
 from mnist_tf2 import cli
 from mnist_tf2.constants import NUM_CLASSES
 from mnist_tf2.constants import SPLIT_TITLES
 from mnist_tf2.constants import SPLITS
+from mnist_tf2.ensemble import parse_workdirs
 from mnist_tf2.errors import UserError
 from mnist_tf2.metrics import Metrics
 from mnist_tf2.metrics import format_confusion
@@ -103,10 +106,62 @@ def evaluate_workdir(workdir: str, splits=SPLITS) -> dict:
   return results
 
 
+def evaluate_ensemble(workdirs, splits=SPLITS) -> dict:
+  """Evaluates the ensemble of the newest checkpoints of `workdirs`, and each member.
+
+  The ensemble averages the members' probabilities (`models.Ensemble`). Prints,
+  per split, the ensemble's eval lines and confusion matrix, then each member's
+  eval lines. Every evaluation sees every example of the split once.
+
+  Returns:
+    {split: {"ensemble": report, "members": [report, ...]}}, each report as
+    `evaluate_workdir`'s, members in the order of `workdirs`.
+
+  Raises:
+    UserError: a run cannot be restored, or the runs trained on different data.
+  """
+  # pylint: disable=g-import-not-at-top  (TensorFlow: imported after the flags)
+  from mnist_tf2 import datasets
+  from mnist_tf2 import ensemble as ensemble_lib
+  from mnist_tf2 import models
+  members = ensemble_lib.restore_members(workdirs)
+  ensemble = models.Ensemble([member.model for member in members])
+  config = members[0].config
+  print(f"Evaluating an ensemble of {len(members)} models (the mean of their probabilities) "
+        f"on --data_source={config.data_source}:")
+  for number, member in enumerate(members, 1):
+    step = "" if member.step is None else f" (step {member.step})"
+    print(f"  member {number}: the {member.config.model} model of {member.checkpoint}{step}")
+  evaluators = [Evaluator(model) for model in (ensemble, *ensemble.members)]
+  data = datasets.load_splits(config)._asdict()
+  results = {}
+  for name in splits:
+    if not len(data[name].labels):
+      print(f"{SPLIT_TITLES[name]} Data Eval: the split is empty, skipped")
+      continue
+    dataset = datasets.eval_dataset(data[name], batch_size=config.eval_batch_size)
+    ensemble_metrics, *member_metrics = (evaluate(dataset) for evaluate in evaluators)
+    results[name] = {"ensemble": _report(ensemble_metrics),
+                     "members": [_report(metrics) for metrics in member_metrics]}
+    print(f"Ensemble of {len(members)}: {format_eval(name, results[name]['ensemble'])}")
+    print(format_confusion(ensemble_metrics.confusion_matrix))
+    for number, report in enumerate(results[name]["members"], 1):
+      print(f"Member {number}: {format_eval(name, report)}")
+    sys.stdout.flush()
+  return results
+
+
+def _report(metrics: Metrics) -> dict:
+  """The JSON-able figures of one evaluation: `Metrics.result()` and the confusion matrix."""
+  return {**metrics.result(), "confusion_matrix": metrics.confusion_matrix.tolist()}
+
+
 def define_flags() -> None:
   # Defined only when run as the command: train.py defines a --workdir too, and
   # a process may import both modules.
-  cli.define_workdir_flag("The training workdir (its config.json and checkpoints/).")
+  cli.define_workdir_flag("The training workdir (its config.json and checkpoints/); several, "
+                          "comma-separated, evaluate their ensemble (the mean of their "
+                          "probabilities) and each of them.")
   flags.DEFINE_string("splits", ",".join(SPLITS),
                       "Comma-separated splits to evaluate: train, validation, test.")
 
@@ -114,10 +169,12 @@ def define_flags() -> None:
 def main(argv):
   del argv  # cli.run refused positional arguments.
   splits = parse_splits(flags.FLAGS.splits)
-  if not flags.FLAGS.workdir:
-    raise UserError("--workdir is empty; name the training workdir to evaluate")
+  workdirs = parse_workdirs(flags.FLAGS.workdir)
   cli.import_tensorflow()
-  evaluate_workdir(flags.FLAGS.workdir, splits)
+  if len(workdirs) == 1:
+    evaluate_workdir(workdirs[0], splits)
+  else:
+    evaluate_ensemble(workdirs, splits)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from absl import flags
 
 from mnist_tf2 import cli
 from mnist_tf2.constants import IMAGE_SHAPE
+from mnist_tf2.ensemble import parse_workdirs
 from mnist_tf2.errors import UserError
 from mnist_tf2.errors import first_line
 
@@ -132,12 +133,19 @@ def export_model(model, config, export_dir: str, overwrite: bool = False) -> Non
   # Export a plain copy: its variables are ordinary ones whatever strategy
   # trained the model, so saving is a purely local act (no collective ops
   # needed from other workers) and the SavedModel holds no distribution state.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from mnist_tf2 import models  # pylint: disable=g-import-not-at-top
   serving_model = models.create_model(config)
   serving_model.set_weights(model.get_weights())
-  module = serving_module(serving_model)
+  save_serving_module(serving_module(serving_model), export_dir)
 
+
+def save_serving_module(module, export_dir: str) -> None:
+  """Writes `serving_module(...)`'s module as a SavedModel beside `export_dir`, then swaps it in.
+
+  Raises:
+    UserError: the SavedModel cannot be written.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   export_dir = os.path.abspath(export_dir)
   parent, name = os.path.split(export_dir)
   staging = None
@@ -188,10 +196,39 @@ def export_workdir(workdir: str, export_dir: str, overwrite: bool = False):
   return restored
 
 
+def export_ensemble(workdirs, export_dir: str, overwrite: bool = False):
+  """Exports the ensemble of the newest checkpoints of `workdirs` as one SavedModel.
+
+  The SavedModel has a single model's signatures, whose `probabilities` are
+  the mean of the members' probabilities, so `predict` and serving use it
+  unchanged.
+
+  Returns:
+    The members' `restore.Restored`, in the order of `workdirs`.
+
+  Raises:
+    UserError: `export_dir` cannot be used, a run cannot be restored, or the
+      runs trained on different data.
+  """
+  check_export_dir(export_dir, overwrite)
+  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from mnist_tf2 import ensemble as ensemble_lib
+  from mnist_tf2 import models
+  members = ensemble_lib.restore_members(workdirs)
+  # restore_model builds plain float32 models outside any strategy, as
+  # export_model's copy is: whatever precision the members trained in, the
+  # ensemble computes in float32.
+  ensemble = models.Ensemble([member.model for member in members])
+  save_serving_module(serving_module(ensemble), export_dir)
+  return members
+
+
 def define_flags() -> None:
   # Defined only when run as the command: train.py defines flags of the same
   # names, and a process may import both modules.
-  cli.define_workdir_flag("The training workdir (its config.json and checkpoints/).")
+  cli.define_workdir_flag("The training workdir (its config.json and checkpoints/); several, "
+                          "comma-separated, export their ensemble (the mean of their "
+                          "probabilities) as one SavedModel.")
   flags.DEFINE_string("export_dir", "", "Where to write the SavedModel.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing SavedModel in --export_dir.")
   flags.DEFINE_enum("format", "saved_model", ["saved_model", "litert"],
@@ -211,12 +248,16 @@ def main(argv):
     return
   if flag_values.quantize != "none":
     raise UserError("--quantize applies to --format=litert only")
-  if not flag_values.workdir:
-    raise UserError("--workdir is empty; name the training workdir to export from")
+  workdirs = parse_workdirs(flag_values.workdir)
   check_export_dir(flag_values.export_dir, flag_values.overwrite)
   cli.import_tensorflow()
-  restored = export_workdir(flag_values.workdir, flag_values.export_dir,
-                            flag_values.overwrite)
+  if len(workdirs) > 1:
+    members = export_ensemble(workdirs, flag_values.export_dir, flag_values.overwrite)
+    print(f"Exported the ensemble of {len(members)} models "
+          f"({', '.join(member.checkpoint for member in members)}) to "
+          f"{os.path.abspath(flag_values.export_dir)}")
+    return
+  restored = export_workdir(workdirs[0], flag_values.export_dir, flag_values.overwrite)
   step = "" if restored.step is None else f" (step {restored.step})"
   print(f"Exported the {restored.config.model} model of {restored.checkpoint}{step} to "
         f"{os.path.abspath(flag_values.export_dir)} (signatures {SIGNATURE_KEY}: float32 "

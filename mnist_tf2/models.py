@@ -91,6 +91,39 @@ class CNN(keras.Model):
     return self.logits(x)
 
 
+# Log-probabilities are taken of at least this (float32's smallest normal
+# number), so that a member certain enough to give a class probability 0 does
+# not make an ensemble logit -inf.
+_TINY = 1.1754944e-38
+
+
+class Ensemble(keras.Model):
+  """The mean of the members' softmax probabilities, returned as logits.
+
+  Maps normalised images, float32 `[batch, 28, 28, 1]`, to `log(mean_m
+  softmax(logits_m))`, float32 `[batch, 10]`. These are logits of the averaged
+  distribution (their softmax is the mean of the members' probabilities, and
+  their argmax its most probable class), so everything written for one model's
+  logits (evaluation, the serving signature) serves an ensemble unchanged.
+  """
+
+  def __init__(self, members, **kwargs):
+    super().__init__(**kwargs)
+    if not members:
+      raise ValueError("an ensemble needs at least one member")
+    self.members = list(members)
+
+  def member_probabilities(self, images):
+    """float32 `[members, batch, 10]`: each member's softmax probabilities."""
+    return tf.stack([tf.nn.softmax(tf.cast(member(images, training=False), tf.float32))
+                     for member in self.members])
+
+  def call(self, images, training=False, dropout_seed=None):
+    del training, dropout_seed  # An ensemble is for inference only.
+    mean = tf.reduce_mean(self.member_probabilities(images), axis=0)
+    return tf.math.log(tf.maximum(mean, _TINY))
+
+
 # Name -> constructor from a config; the name is the `--model` flag.
 MODELS = {
     "softmax": lambda config: SoftmaxRegression(name="softmax"),
