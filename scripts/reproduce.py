@@ -9,6 +9,13 @@ read back from its results.json. The table (Markdown) goes to stdout and to OUTP
 every figure with the machine and its load to OUTPUT_DIR/results.json. Nothing
 is selected here: the test figures are reported, never compared.
 
+With --plots (needs matplotlib: `pip install -e ".[scripts]"`) it also draws
+OUTPUT_DIR/frontier.png, test error against wall-clock seconds for every
+(model, preset), mean and sample std over the seeds, beside the published
+results for this class of CNN; and OUTPUT_DIR/validation_curves.png, the
+validation error of every run against epochs, read from its TensorBoard
+events (a point per `--eval_every` steps, given to the runs if non-zero).
+
 A run already finished in OUTPUT_DIR with the same config is reused, not
 retrained, and an interrupted one resumes from its checkpoint, so a long
 reproduction can be continued; a workdir that holds another config is refused.
@@ -41,6 +48,10 @@ flags.DEFINE_list("presets", ["seed", "default"], "Presets to run for every mode
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every (model, preset) runs once each.")
 flags.DEFINE_string("output_dir", "/tmp/mnist_tf2/reproduce", "Workdirs, logs and the "
                     "results.md / results.json tables go here.")
+flags.DEFINE_bool("plots", False, "Also draw frontier.png and validation_curves.png in "
+                  "--output_dir (needs matplotlib).")
+flags.DEFINE_integer("eval_every", 0, "Give the runs --eval_every=N (0: the presets' own), "
+                     "for points on the validation curves.")
 FLAGS = flags.FLAGS
 
 SPLITS = ("validation", "test")
@@ -71,15 +82,18 @@ def workdir_of(output_dir, model, preset, seed):
   return os.path.join(output_dir, f"{model}-{preset}-seed{seed}")
 
 
-def run(model, preset, seed, output_dir):
+def run(model, preset, seed, output_dir, overrides=None):
   """Trains one (model, preset, seed) unless it is already done.
+
+  `overrides` (default `OVERRIDES`) are the flags given to every run.
 
   Returns:
     (the run's results.json, whether it was reused rather than trained now).
   """
+  overrides = OVERRIDES if overrides is None else overrides
   workdir = workdir_of(output_dir, model, preset, seed)
   config = config_lib.resolve(model, preset,
-                              {"seed": seed, "workdir": workdir, **OVERRIDES}).to_dict()
+                              {"seed": seed, "workdir": workdir, **overrides}).to_dict()
   config_path = os.path.join(workdir, "config.json")
   results_path = os.path.join(workdir, "results.json")
   if os.path.exists(config_path):
@@ -94,7 +108,7 @@ def run(model, preset, seed, output_dir):
   log_path = f"{workdir}.log"
   command = [sys.executable, "-m", "mnist_tf2.train", f"--model={model}",
              f"--preset={preset}", f"--seed={seed}", f"--workdir={workdir}",
-             *(f"--{name}={value}" for name, value in OVERRIDES.items())]
+             *(f"--{name}={value}" for name, value in overrides.items())]
   print(f"{model} {preset} seed {seed}: {' '.join(command[1:])} > {log_path}", flush=True)
   with open(log_path, "w") as log:
     python_path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
@@ -160,6 +174,102 @@ def markdown(rows, machine):
   return "\n".join(lines) + "\n"
 
 
+# Published test accuracies of CNNs of this class on MNIST (single models unless
+# noted), drawn on the frontier for comparison: label -> test error, %.
+ANCHORS = {
+    "Simard et al. 2003 (elastic distortions)": 0.40,
+    "1,500-run study, mean": 0.36,
+    "An et al. 2020, final-epoch mean of 30 seeds": 0.31,
+    "committees of 7-35 CNNs (0.27-0.23%)": 0.23,
+}
+
+
+def validation_curve(workdir):
+  """[(step, validation accuracy)] of a run, from its eval/validation TensorBoard events."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
+  points = {}
+  for path in sorted(tf.io.gfile.glob(os.path.join(workdir, "eval", "validation",
+                                                   "events.out.tfevents.*"))):
+    for record in tf.data.TFRecordDataset(path):
+      event = event_pb2.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        if value.tag == "accuracy":
+          points[event.step] = float(tf.make_ndarray(value.tensor))
+  return sorted(points.items())
+
+
+def _pyplot():
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError('--plots needs matplotlib: pip install -e ".[scripts]"') from None
+  matplotlib.use("Agg")  # Files only, no display.
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_frontier(rows, path, machine):
+  """Test error (%) against wall seconds per (model, preset): means, std bars, log axes."""
+  plt = _pyplot()
+  figure, axes = plt.subplots(figsize=(8, 5.5))
+  for row in rows:
+    seconds, seconds_std = row["wall_seconds"]
+    accuracy, accuracy_std = row["test"]
+    axes.errorbar(seconds, 100 * (1 - accuracy), xerr=seconds_std or 0,
+                  yerr=100 * (accuracy_std or 0), fmt="o", capsize=3)
+    axes.annotate(f"{row['model']} {row['preset']}", (seconds, 100 * (1 - accuracy)),
+                  textcoords="offset points", xytext=(5, 4), fontsize=8)
+  for label, error in ANCHORS.items():
+    axes.axhline(error, linestyle=":", linewidth=0.8, color="grey")
+    axes.text(axes.get_xlim()[0], error, f" {label}", fontsize=7, color="grey", va="bottom")
+  axes.set_xscale("log")
+  axes.set_yscale("log")
+  axes.set_xlabel("wall-clock seconds per run (whole process)")
+  axes.set_ylabel("test error, % (mean over seeds, bars: sample std)")
+  axes.set_title(f"Accuracy/time frontier, {machine['date']}, {machine['cpu']} "
+                 f"({machine['cores']} cores)", fontsize=9)
+  axes.grid(True, which="both", alpha=0.3)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def _train_examples(config):
+  """The size of a run's training split (MNIST's 60,000 less the validation images)."""
+  if config["data_source"] == "fake":
+    return config["fake_examples"]
+  return 60000 - config["validation_size"]
+
+
+def plot_validation_curves(runs, curves, path):
+  """Validation error (%) against epochs, one line per run, a colour per (model, preset)."""
+  plt = _pyplot()
+  figure, axes = plt.subplots(figsize=(8, 5.5))
+  colours = {}
+  for results, curve in zip(runs, curves):
+    if not curve:
+      continue
+    key = f"{results['model']} {results['preset']}"
+    label = None if key in colours else key  # One legend entry per (model, preset).
+    colour = colours.setdefault(key, f"C{len(colours) % 10}")
+    steps, accuracies = zip(*curve)
+    epochs_per_step = results["config"]["batch_size"] / _train_examples(results["config"])
+    axes.plot([step * epochs_per_step for step in steps],
+              [100 * (1 - accuracy) for accuracy in accuracies], "-o", markersize=2,
+              color=colour, label=label, alpha=0.8)
+  if colours:
+    axes.legend(fontsize=8)
+  axes.set_yscale("log")
+  axes.set_xlabel("epochs")
+  axes.set_ylabel("validation error, %")
+  axes.set_title("Validation error during training (one line per seed)", fontsize=9)
+  axes.grid(True, which="both", alpha=0.3)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
 def _cpu_name():
   try:
     with open("/proc/cpuinfo") as f:
@@ -176,10 +286,15 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     runs_to_do = plan(FLAGS.models, FLAGS.presets, FLAGS.seeds)
+    if FLAGS.plots:
+      _pyplot()  # Refuse a missing matplotlib now, not after hours of training.
+    if FLAGS.eval_every < 0:
+      raise UserError(f"--eval_every must be non-negative, got {FLAGS.eval_every}")
+    overrides = {**OVERRIDES, **({"eval_every": FLAGS.eval_every} if FLAGS.eval_every else {})}
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     load_before = os.getloadavg()[0]
     start = time.time()
-    runs, reused = zip(*[run(*planned, FLAGS.output_dir) for planned in runs_to_do])
+    runs, reused = zip(*[run(*planned, FLAGS.output_dir, overrides) for planned in runs_to_do])
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -206,6 +321,14 @@ def main(argv):
                         | {"seed": results["config"]["seed"]} for results in runs]},
               f, indent=2)
     f.write("\n")
+  if FLAGS.plots:
+    curves = [validation_curve(workdir_of(FLAGS.output_dir, model, preset, seed))
+              for model, preset, seed in runs_to_do]
+    for name, draw in (("frontier.png", lambda path: plot_frontier(rows, path, machine)),
+                       ("validation_curves.png",
+                        lambda path: plot_validation_curves(runs, curves, path))):
+      draw(os.path.join(FLAGS.output_dir, name))
+      print(f"Wrote {os.path.join(FLAGS.output_dir, name)}")
 
 
 if __name__ == "__main__":

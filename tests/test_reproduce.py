@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from conftest import REPO
 from mnist_tf2.errors import UserError
@@ -83,10 +84,14 @@ def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
   assert table in first.stdout
   assert "2 run(s) trained in this call" in table and "0 reused" in table
 
-  # A second call reuses the finished runs instead of training again.
-  again = run_script(*args, cwd=tmp_path)
+  # A second call reuses the finished runs instead of training again; it draws the plots.
+  again = run_script(*args, "--plots", cwd=tmp_path)
   assert again.returncode == 0, again.stderr
   assert again.stdout.count("reusing") == 2
+  for name in ("frontier.png", "validation_curves.png"):
+    assert f"Wrote {output_dir / name}" in again.stdout
+    with Image.open(output_dir / name) as image:
+      assert image.format == "PNG" and image.width >= 400
   assert "0 run(s) trained in this call" in again.stdout and "2 reused" in again.stdout
   assert json.loads((output_dir / "results.json").read_text())["rows"][0]["test"] == row["test"]
 
@@ -98,3 +103,17 @@ def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
   assert refused.returncode == 2
   assert "softmax-smoke-seed1 holds a run of another config" in refused.stderr
   assert json.loads(config_path.read_text())["max_steps"] == 40
+
+
+def test_validation_curve_reads_every_evaluation_from_the_events(reproduce, tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  writer = tf.summary.create_file_writer(str(tmp_path / "eval" / "validation"))
+  with writer.as_default():
+    for step, accuracy in ((300, 0.97), (100, 0.9), (200, 0.95)):
+      tf.summary.scalar("accuracy", accuracy, step=step)
+      tf.summary.scalar("loss", 1 - accuracy, step=step)
+  writer.close()
+  curve = reproduce.validation_curve(str(tmp_path))
+  assert [step for step, _ in curve] == [100, 200, 300]
+  assert [accuracy for _, accuracy in curve] == pytest.approx([0.9, 0.95, 0.97])
+  assert reproduce.validation_curve(str(tmp_path / "no_such_run")) == []
