@@ -1,0 +1,158 @@
+"""Ensembles of trained runs (evaluate and export several workdirs), and the accuracy presets.
+
+Two mlp runs and one softmax run train briefly on fake data for the whole module;
+the ensemble's figures are checked against the members' own probabilities.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import run_module
+from mnist_tf2 import config as config_lib
+from mnist_tf2 import datasets
+from mnist_tf2 import ensemble
+from mnist_tf2 import evaluate
+from mnist_tf2 import export
+from mnist_tf2 import loop
+from mnist_tf2 import restore
+from mnist_tf2.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+  base = tmp_path_factory.mktemp("members")
+  workdirs = []
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("XDG_CACHE_HOME", str(base / "cache"))
+    # Different models and seeds, so the members disagree on some examples.
+    for model, seed in (("mlp", 0), ("mlp", 1), ("softmax", 0)):
+      config = config_lib.resolve(model, "smoke", {
+          "seed": seed, "max_steps": 10, "workdir": str(base / f"{model}-{seed}"),
+          "eval_splits": "test", "summaries": False})
+      loop.train_and_evaluate(config)
+      workdirs.append(config.workdir)
+    splits = datasets.load_splits(config)
+  return types.SimpleNamespace(workdirs=workdirs, splits=splits, base=base)
+
+
+def _probabilities(workdir, images):
+  model = restore.restore_model(workdir).model
+  return tf.nn.softmax(model(datasets.normalize(images), training=False)).numpy()
+
+
+def test_ensemble_counts_every_example_once_and_averages_probabilities(members, capsys):
+  test = members.splits.test
+  results = evaluate.evaluate_ensemble(members.workdirs, ["test"])["test"]
+
+  each = np.stack([_probabilities(workdir, test.images) for workdir in members.workdirs])
+  mean = each.mean(axis=0)
+  model = ensemble.Ensemble([restore.restore_model(w).model for w in members.workdirs])
+  logits = model(datasets.normalize(test.images)).numpy()
+  np.testing.assert_allclose(tf.nn.softmax(logits).numpy(), mean, atol=1e-6, rtol=0)
+
+  for metrics, probabilities in zip([results["ensemble"], *results["members"]],
+                                    [mean, *each]):
+    assert metrics["num_examples"] == len(test.labels)
+    assert np.sum(metrics["confusion_matrix"]) == len(test.labels)
+    predictions = probabilities.argmax(-1)
+    assert metrics["num_correct"] == int(np.sum(predictions == test.labels))
+    expected = np.zeros([10, 10], np.int64)
+    np.add.at(expected, (test.labels, predictions), 1)
+    np.testing.assert_array_equal(metrics["confusion_matrix"], expected)
+  # The members disagree somewhere: this checks an average, not one model thrice.
+  assert len({tuple(p.argmax(-1)) for p in each}) > 1
+
+  out = capsys.readouterr().out
+  assert "Evaluating an ensemble of 3 models" in out
+  assert re.search(r"Ensemble of 3: Test Data Eval:\n  Num examples: (\d+)  Num correct: "
+                   rf"{results['ensemble']['num_correct']}  Precision @ 1: [\d.]+", out)
+  for number, metrics in enumerate(results["members"], 1):
+    assert (f"Member {number}: Test Data Eval:\n  Num examples: {len(test.labels)}  "
+            f"Num correct: {metrics['num_correct']}  ") in out
+
+
+def test_ensemble_saved_model_answers_saved_model_cli(members, tmp_path):
+  export_dir = str(tmp_path / "ensemble")
+  export.export_ensemble(members.workdirs, export_dir)
+  images = members.splits.test.images[:6]
+  mean = np.mean([_probabilities(w, images) for w in members.workdirs], axis=0)
+
+  serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+  outputs = serve(images=tf.constant(images))
+  np.testing.assert_allclose(outputs["probabilities"].numpy(), mean, atol=1e-6, rtol=0)
+  np.testing.assert_array_equal(outputs["classes"].numpy(), mean.argmax(-1))
+
+  # `run` loads through the TF1 session loader, as TensorFlow Serving does.
+  np.save(tmp_path / "images.npy", images)
+  cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+  run = subprocess.run([cli, "run", "--dir", export_dir, "--tag_set", "serve",
+                        "--signature_def", "serving_default",
+                        "--inputs", f"images={tmp_path / 'images.npy'}"],
+                       capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0, run.stderr[-2000:]
+  classes = re.search(r"Result for output key classes:\n\[([\d ]+)\]", run.stdout).group(1)
+  assert [int(c) for c in classes.split()] == mean.argmax(-1).tolist()
+
+
+def _copy_with_config(workdir, destination, **changes):
+  shutil.copytree(workdir, destination)
+  path = os.path.join(destination, "config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  with open(path, "w") as f:
+    json.dump({**saved, **changes}, f)
+  return str(destination)
+
+
+def test_a_member_trained_on_other_data_is_refused(members, tmp_path):
+  first = members.workdirs[0]
+  other_fake = _copy_with_config(first, tmp_path / "other_fake", fake_examples=999)
+  bundled = _copy_with_config(first, tmp_path / "bundled", data_source="bundled")
+  with pytest.raises(UserError, match=r"ensemble members must share the data: .*/mlp-0 has "
+                     r"fake_examples=256, .*/other_fake has fake_examples=999$"):
+    evaluate.evaluate_ensemble([first, other_fake])
+  with pytest.raises(UserError, match=r"data_source='fake'.*data_source='bundled'"):
+    export.export_ensemble([first, bundled], str(tmp_path / "never"))
+  assert not os.path.exists(tmp_path / "never")
+
+  result = run_module("mnist_tf2.evaluate", f"--workdir={first},{bundled}")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: ensemble members must share the data: ")
+  assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("text, expected", [("a", ["a"]), ("a, b,", ["a", "b"])])
+def test_parse_workdirs(text, expected):
+  assert ensemble.parse_workdirs(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [(" , ", "--workdir is empty"),
+                                           ("a,b,a", "names a more than once")])
+def test_parse_workdirs_refuses(text, message):
+  with pytest.raises(UserError, match=message):
+    ensemble.parse_workdirs(text)
+
+
+@pytest.mark.parametrize("model, preset", [("cnn", "best"), ("mlp", "best")])
+def test_accuracy_presets_load_and_run_their_first_steps(model, preset, tmp_path):
+  config = config_lib.resolve(model, preset, {
+      "data_source": "fake", "fake_examples": 64, "batch_size": 16, "max_steps": 2,
+      "warmup_steps": 1,  # The preset's would outlast these 2 steps.
+      "steps_per_loop": 1, "log_every": 1, "checkpoint_every": 2, "eval_every": 0,
+      "eval_splits": "test", "eval_batch_size": 16, "summaries": False,
+      "workdir": str(tmp_path)})
+  assert config.augment
+  assert (config.augment_elastic_alpha > 0) == (model == "cnn")  # Elastic: the cnn's only.
+  results = loop.train_and_evaluate(config)
+  assert results["steps"] == 2
+  assert np.isfinite(results["metrics"]["test"]["loss"])
