@@ -186,6 +186,7 @@ ANCHORS = {
 
 def validation_curve(workdir):
   """[(step, validation accuracy)] of a run, from its eval/validation TensorBoard events."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Runs after all training: no INFO lines.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
   points = {}
@@ -209,6 +210,17 @@ def _pyplot():
   return plt
 
 
+def _log_axes(axes, *names):
+  """Log scale on the named axes, ticks at 1, 2, 5 x 10^k written as plain numbers."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  for name in names:
+    axis = getattr(axes, f"{name}axis")
+    getattr(axes, f"set_{name}scale")("log")
+    axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
 def plot_frontier(rows, path, machine):
   """Test error (%) against wall seconds per (model, preset): means, std bars, log axes."""
   plt = _pyplot()
@@ -222,9 +234,10 @@ def plot_frontier(rows, path, machine):
                   textcoords="offset points", xytext=(5, 4), fontsize=8)
   for label, error in ANCHORS.items():
     axes.axhline(error, linestyle=":", linewidth=0.8, color="grey")
-    axes.text(axes.get_xlim()[0], error, f" {label}", fontsize=7, color="grey", va="bottom")
-  axes.set_xscale("log")
-  axes.set_yscale("log")
+    # x in axes coordinates (the right edge), y in data coordinates.
+    axes.text(0.99, error, label, transform=axes.get_yaxis_transform(), fontsize=7,
+              color="grey", ha="right", va="bottom")
+  _log_axes(axes, "x", "y")
   axes.set_xlabel("wall-clock seconds per run (whole process)")
   axes.set_ylabel("test error, % (mean over seeds, bars: sample std)")
   axes.set_title(f"Accuracy/time frontier, {machine['date']}, {machine['cpu']} "
@@ -260,7 +273,7 @@ def plot_validation_curves(runs, curves, path):
               color=colour, label=label, alpha=0.8)
   if colours:
     axes.legend(fontsize=8)
-  axes.set_yscale("log")
+  _log_axes(axes, "y")
   axes.set_xlabel("epochs")
   axes.set_ylabel("validation error, %")
   axes.set_title("Validation error during training (one line per seed)", fontsize=9)
