@@ -23,6 +23,7 @@ from mnist_tf2 import ensemble
 from mnist_tf2 import evaluate
 from mnist_tf2 import export
 from mnist_tf2 import loop
+from mnist_tf2 import models
 from mnist_tf2 import restore
 from mnist_tf2.errors import UserError
 
@@ -55,7 +56,7 @@ def test_ensemble_counts_every_example_once_and_averages_probabilities(members, 
 
   each = np.stack([_probabilities(workdir, test.images) for workdir in members.workdirs])
   mean = each.mean(axis=0)
-  model = ensemble.Ensemble([restore.restore_model(w).model for w in members.workdirs])
+  model = models.Ensemble([restore.restore_model(w).model for w in members.workdirs])
   logits = model(datasets.normalize(test.images)).numpy()
   np.testing.assert_allclose(tf.nn.softmax(logits).numpy(), mean, atol=1e-6, rtol=0)
 
@@ -86,7 +87,7 @@ def test_ensemble_saved_model_answers_saved_model_cli(members, tmp_path):
   images = members.splits.test.images[:6]
   mean = np.mean([_probabilities(w, images) for w in members.workdirs], axis=0)
 
-  serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+  serve = tf.saved_model.load(export_dir).signatures["serving_uint8"]
   outputs = serve(images=tf.constant(images))
   np.testing.assert_allclose(outputs["probabilities"].numpy(), mean, atol=1e-6, rtol=0)
   np.testing.assert_array_equal(outputs["classes"].numpy(), mean.argmax(-1))
@@ -95,7 +96,7 @@ def test_ensemble_saved_model_answers_saved_model_cli(members, tmp_path):
   np.save(tmp_path / "images.npy", images)
   cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
   run = subprocess.run([cli, "run", "--dir", export_dir, "--tag_set", "serve",
-                        "--signature_def", "serving_default",
+                        "--signature_def", "serving_uint8",
                         "--inputs", f"images={tmp_path / 'images.npy'}"],
                        capture_output=True, text=True, timeout=120)
   assert run.returncode == 0, run.stderr[-2000:]
