@@ -21,6 +21,7 @@ import textwrap
 from typing import Any
 
 from mnist_tf2 import constants
+from mnist_tf2 import devices
 from mnist_tf2.errors import UserError
 
 
@@ -104,6 +105,15 @@ class Config:
                                   "tpu"))
   num_cpu_devices: int = _field(0, "Split the CPU into N logical devices (0: leave as is), "
                                 "so --strategy=mirrored runs N replicas without GPUs.")
+  devices: str = _field("", "Comma-separated devices the replicas run on, e.g. /gpu:2 or "
+                        "/gpu:0,/gpu:1 (also /device:GPU:1, /cpu:1); the GPUs not named "
+                        "are hidden from TensorFlow. Empty: the --strategy's own choice. "
+                        "With --strategy=auto: one_device for one, mirrored for several.")
+  gpu_memory_growth: bool = _field(False, "Let TensorFlow allocate GPU memory as needed "
+                                   "instead of reserving nearly all of it (so two runs "
+                                   "can share a GPU).")
+  log_device_placement: bool = _field(False, "Log the device each TensorFlow op runs on "
+                                      "(tf.debugging.set_log_device_placement).")
   tpu: str = _field("", "TPU name or grpc:// address for --strategy=tpu (empty: the local "
                     "TPU VM or the one in the environment).")
   cluster_timeout: float = _field(
@@ -416,6 +426,7 @@ def validate(config: Config, sources: dict[str, str] | None = None) -> None:
     raise UserError(f"{describe('deterministic', config, sources)} and "
                     f"{describe('jit_compile', config, sources)} cannot be combined for the "
                     "cnn: XLA has no deterministic max-pool gradient; drop one of them")
+  devices.check_strategy(devices.parse(config.devices), config.strategy)
   if config.tpu and config.strategy != "tpu":
     raise UserError(f"--tpu={config.tpu!r} applies to --strategy=tpu only, not "
                     f"--strategy={config.strategy}")

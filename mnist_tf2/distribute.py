@@ -6,29 +6,9 @@ import os
 import tensorflow as tf
 
 from mnist_tf2 import cluster as cluster_lib
+from mnist_tf2 import devices
 from mnist_tf2 import hardware
 from mnist_tf2.errors import UserError
-
-
-def split_cpu(num_devices: int) -> None:
-  """Splits the physical CPU into `num_devices` logical devices.
-
-  This lets MirroredStrategy run (and be tested) without GPUs. It must happen
-  before TensorFlow initialises its devices, i.e. before the first op runs.
-  """
-  if num_devices <= 0:
-    return
-  cpu = tf.config.list_physical_devices("CPU")[0]
-  try:
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)])
-  except RuntimeError:
-    # Already initialised (a second run in the same process): keep what is there
-    # if it matches, otherwise the request cannot be honoured.
-    if len(tf.config.list_logical_devices("CPU")) != num_devices:
-      raise UserError(f"--num_cpu_devices={num_devices} must be set before TensorFlow starts; "
-                      "this process already has "
-                      f"{len(tf.config.list_logical_devices('CPU'))} CPU devices") from None
 
 
 def read_tf_config() -> dict:
@@ -79,45 +59,67 @@ def _tpu_strategy(config) -> tf.distribute.Strategy:
   return tf.distribute.TPUStrategy(resolver)
 
 
-def _mirrored_strategy(config) -> tf.distribute.Strategy:
+def _mirrored_strategy(config, device_names) -> tf.distribute.Strategy:
   # With no GPUs, mirror over the (logical) CPU devices, so --num_cpu_devices=2
   # gives two replicas.
-  devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-  return tf.distribute.MirroredStrategy([d.name for d in devices])
+  if not device_names:
+    found = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    device_names = [d.name for d in found]
+  return tf.distribute.MirroredStrategy(device_names)
 
 
-def _one_device_strategy(config) -> tf.distribute.Strategy:
-  gpus = tf.config.list_logical_devices("GPU")
-  return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+def _one_device_strategy(config, device_names) -> tf.distribute.Strategy:
+  if not device_names:
+    gpus = tf.config.list_logical_devices("GPU")
+    device_names = [gpus[0].name if gpus else "/cpu:0"]
+  return tf.distribute.OneDeviceStrategy(device_names[0])
 
 
-def _multi_worker_strategy(config) -> tf.distribute.Strategy:
+def _multi_worker_strategy(config, device_names) -> tf.distribute.Strategy:
   # cluster.py: bounded waits for the other workers, and checks that they match.
+  # Each worker takes all its visible GPUs (--devices hid the others) or, with
+  # none, its /cpu:0; MultiWorkerMirroredStrategy has no device list of its own.
+  del device_names
   return cluster_lib.multi_worker_strategy(config, read_tf_config())
 
 
-# --strategy name -> constructor(config).
+# --strategy name -> constructor(config, TensorFlow's names of the --devices).
 STRATEGIES = {
-    "default": lambda config: tf.distribute.get_strategy(),
+    "default": lambda config, device_names: tf.distribute.get_strategy(),
     "one_device": _one_device_strategy,
     "mirrored": _mirrored_strategy,
     "multi_worker": _multi_worker_strategy,
-    "tpu": _tpu_strategy,
+    "tpu": lambda config, device_names: _tpu_strategy(config),
 }
 
 
 def create_strategy(config) -> tf.distribute.Strategy:
-  """Returns the strategy named by `config.strategy` (see the --strategy flag).
+  """Sets up the devices and returns the strategy named by `config.strategy`.
 
-  `auto` is mirrored when more than one GPU is visible, else default.
+  Must run before TensorFlow initialises its runtime: it splits the CPU
+  (--num_cpu_devices), checks that the --devices exist, hides the GPUs not
+  chosen, sets --gpu_memory_growth and --log_device_placement. `auto` is
+  one_device for one --devices entry and mirrored for several; without
+  --devices, mirrored when more than one GPU is visible, else default.
+
+  Raises:
+    UserError: an unknown strategy, or --devices that do not exist or that
+      the strategy cannot use; one line, before any heavy work.
   """
-  split_cpu(config.num_cpu_devices)
+  chosen = devices.parse(config.devices)
+  devices.check_strategy(chosen, config.strategy)
+  devices.split_cpu(config.num_cpu_devices)
+  devices.check_exist(chosen)
+  devices.configure_gpus(chosen, config.gpu_memory_growth)
+  devices.set_log_device_placement(config.log_device_placement)
   name = config.strategy
-  if name == "auto":
+  if name == "auto" and chosen:
+    name = "one_device" if len(chosen) == 1 else "mirrored"
+  elif name == "auto":
     name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
   if name not in STRATEGIES:
     raise UserError(f"unknown --strategy={name!r}")
-  return STRATEGIES[name](config)
+  return STRATEGIES[name](config, devices.tensorflow_names(chosen))
 
 
 def per_replica_batch_size(global_batch_size: int, num_replicas: int) -> int:
@@ -138,7 +140,10 @@ def precision_policy(config) -> str:
   """
   if not (config.mixed_precision or config.auto_mixed_precision):
     return "float32"
-  if config.strategy != "tpu" and tf.config.list_logical_devices("GPU"):
+  chosen = devices.parse(config.devices)
+  on_gpu = (chosen[0].startswith("/gpu") if chosen
+            else bool(tf.config.list_logical_devices("GPU")))
+  if config.strategy != "tpu" and on_gpu:
     return "mixed_float16"
   if config.mixed_precision or config.strategy == "tpu" or hardware.bf16_units():
     return "mixed_bfloat16"

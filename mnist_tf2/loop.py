@@ -22,6 +22,7 @@ from mnist_tf2 import checkpoints
 from mnist_tf2 import cluster
 from mnist_tf2 import config as config_lib
 from mnist_tf2 import datasets
+from mnist_tf2 import devices
 from mnist_tf2 import distribute
 from mnist_tf2 import export
 from mnist_tf2 import lock
@@ -133,6 +134,7 @@ class Controller:
     print(f"Model {config.model}, preset {config.preset}: global batch {config.batch_size} "
           f"= {strategy.num_replicas_in_sync} replica(s) x {per_replica_batch}, "
           f"{len(self.splits.train.labels)} training examples")
+    print(devices.describe(strategy, devices.parse(config.devices)), flush=True)
     self.model, self.optimizer = trainer_lib.build_model_and_optimizer(config, strategy)
     self.trainer = trainer_lib.create_trainer(config, strategy, self.model, self.optimizer)
     self._print_numerics()

@@ -48,6 +48,7 @@ def test_mirrored_two_replicas_match_one_device_and_checkpoints_cross_strategies
 
   d: 20 steps on one device. m: 20 steps mirrored. dm: 10 steps on one device,
   resumed mirrored to 20. md: 10 steps mirrored, resumed on one device to 20.
+  m2: 20 steps with --devices=/cpu:0,/cpu:1 (and --strategy=auto).
   (256 fake examples at batch 32: the resume is mid-way through the second epoch.)
   """
   loop.train_and_evaluate(parity_config(tmp_path / "dm", 10))
@@ -66,6 +67,10 @@ def test_mirrored_two_replicas_match_one_device_and_checkpoints_cross_strategies
       run("{tmp_path}/m", 20)
       run("{tmp_path}/dm", 20)
       run("{tmp_path}/md", 10)
+      print("--devices:")
+      loop.train_and_evaluate(config_lib.resolve("mlp", "smoke", dict(
+          PARITY, workdir="{tmp_path}/m2", max_steps=20, num_cpu_devices=2,
+          devices="/cpu:0,/cpu:1")))
       """, timeout=180)
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
@@ -75,12 +80,15 @@ def test_mirrored_two_replicas_match_one_device_and_checkpoints_cross_strategies
   assert "global batch 32 = 2 replica(s) x 16" in out
   assert f"Resumed from {tmp_path}/dm/checkpoints/ckpt-10 at step 10" in out
   assert "Strategy MirroredStrategy" in out
+  # --devices with --strategy=auto: mirrored over exactly those two.
+  assert ("Strategy MirroredStrategy" in out.split("--devices:")[1]
+          and "Devices: /cpu:0, /cpu:1 (2 replicas)" in out.split("--devices:")[1])
 
   loop.train_and_evaluate(parity_config(tmp_path / "md", 20))
   loop.train_and_evaluate(parity_config(tmp_path / "d", 20))
   expected = model_weights(tmp_path / "d")
   assert len(expected) == 6
-  for run in ("m", "dm", "md"):
+  for run in ("m", "dm", "md", "m2"):
     weights = model_weights(tmp_path / run)
     assert tf.train.load_variable(tf.train.latest_checkpoint(tmp_path / run / "checkpoints"),
                                   "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 20
