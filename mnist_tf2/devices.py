@@ -10,6 +10,7 @@ Importing this module does not import TensorFlow (`config` validates
 `--devices` with `parse` before TensorFlow is loaded).
 """
 
+import os
 import re
 
 from mnist_tf2.errors import UserError
@@ -160,6 +161,17 @@ def tensorflow_names(devices: tuple[str, ...]) -> list[str]:
           else name for name in devices]
 
 
+def let_placement_logs_through() -> None:
+  """Lets TensorFlow's C++ INFO log, where eager placements go, reach stderr.
+
+  Call before TensorFlow is imported: it reads TF_CPP_MIN_LOG_LEVEL once, when
+  loaded (later, only the placer's stdout lines appear). A command given
+  --log_device_placement calls it even if the environment or our own start-up
+  asked for quiet: the user asked for those lines.
+  """
+  os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+
+
 def set_log_device_placement(enabled: bool) -> None:
   """Makes TensorFlow log the device of every op it places (TF2's log_device_placement).
 
@@ -167,7 +179,7 @@ def set_log_device_placement(enabled: bool) -> None:
   `name: (OpType): /job:localhost/replica:0/task:0/device:CPU:1`; eager ops
   (creating variables, for instance) go to TensorFlow's C++ INFO log on stderr
   as `Executing op VarHandleOp in device ...`, which TF_CPP_MIN_LOG_LEVEL must
-  let through (see `cli.py`).
+  let through (see `let_placement_logs_through`).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.debugging.set_log_device_placement(enabled)

@@ -137,6 +137,7 @@ def test_multi_worker_two_processes_same_weights_chief_writes(tmp_path):
   for worker, (out, err) in zip(workers, outputs):
     assert worker.returncode == 0, err[-3000:]
     assert "global batch 100 = 2 replica(s) x 50" in out
+    assert "Devices: /cpu:0 on each of 2 workers (2 replicas)" in out
     counts = re.findall(r"Num examples: (\d+)", out)
     assert counts == ["58999", "1001", "10000"], out
   digests = [re.search(r"^Weights SHA-256: ([0-9a-f]{64})$", out, re.M).group(1)
