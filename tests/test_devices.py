@@ -102,6 +102,10 @@ def test_gpus_not_chosen_are_hidden_and_renamed(monkeypatch):
   assert devices.describe(strategy, chosen) == (
       "Devices: /gpu:3, /gpu:1 (2 replicas; TensorFlow calls them /gpu:1, /gpu:0, the other "
       "GPUs being hidden)")
+  # 16-bit compute follows the devices chosen, not the GPUs the machine has.
+  for text, policy in [("/gpu:2", "mixed_float16"), ("/cpu:0", "mixed_bfloat16")]:
+    config = config_lib.resolve("mlp", "smoke", {"devices": text, "mixed_precision": True})
+    assert distribute.precision_policy(config) == policy
   # CPUs chosen: every GPU is hidden; no --devices: all stay, growth on each.
   fake.growth.clear()
   devices.configure_gpus(("/cpu:0",), memory_growth=False)
