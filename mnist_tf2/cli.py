@@ -36,7 +36,8 @@ from mnist_tf2.errors import one_line_errors
 FLAGS = flags.FLAGS
 
 # Flags that need TensorFlow's own log lines; a command that defines one of
-# them (e.g. a future --log_device_placement) gets them when it is set.
+# them gets them when it is set (--log_device_placement: eager ops' placements
+# are INFO lines, see devices.set_log_device_placement).
 TF_LOG_FLAGS = ("tf_logs", "log_device_placement")
 
 # TensorFlow's start-up notices on a machine without a GPU: not errors, and

@@ -22,6 +22,7 @@ from typing import Any
 
 from mnist_tf2 import constants
 from mnist_tf2 import devices
+from mnist_tf2.devices import LOG_DEVICE_PLACEMENT_HELP
 from mnist_tf2.errors import UserError
 
 
@@ -112,8 +113,7 @@ class Config:
   gpu_memory_growth: bool = _field(False, "Let TensorFlow allocate GPU memory as needed "
                                    "instead of reserving nearly all of it (so two runs "
                                    "can share a GPU).")
-  log_device_placement: bool = _field(False, "Log the device each TensorFlow op runs on "
-                                      "(tf.debugging.set_log_device_placement).")
+  log_device_placement: bool = _field(False, LOG_DEVICE_PLACEMENT_HELP)
   tpu: str = _field("", "TPU name or grpc:// address for --strategy=tpu (empty: the local "
                     "TPU VM or the one in the environment).")
   cluster_timeout: float = _field(

@@ -10,7 +10,6 @@ Importing this module does not import TensorFlow (`config` validates
 `--devices` with `parse` before TensorFlow is loaded).
 """
 
-import os
 import re
 
 from mnist_tf2.errors import UserError
@@ -161,15 +160,15 @@ def tensorflow_names(devices: tuple[str, ...]) -> list[str]:
           else name for name in devices]
 
 
-def let_placement_logs_through() -> None:
-  """Lets TensorFlow's C++ INFO log, where eager placements go, reach stderr.
+LOG_DEVICE_PLACEMENT_HELP = ("Log the device each TensorFlow op runs on "
+                             "(tf.debugging.set_log_device_placement; TensorFlow's own lines, "
+                             "thousands for a short run).")
 
-  Call before TensorFlow is imported: it reads TF_CPP_MIN_LOG_LEVEL once, when
-  loaded (later, only the placer's stdout lines appear). A command given
-  --log_device_placement calls it even if the environment or our own start-up
-  asked for quiet: the user asked for those lines.
-  """
-  os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+
+def define_log_device_placement_flag() -> None:
+  """--log_device_placement for the commands without a Config (train has the field)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_bool("log_device_placement", False, LOG_DEVICE_PLACEMENT_HELP)
 
 
 def set_log_device_placement(enabled: bool) -> None:
@@ -178,8 +177,9 @@ def set_log_device_placement(enabled: bool) -> None:
   Ops inside a tf.function (the train and eval steps) are printed to stdout as
   `name: (OpType): /job:localhost/replica:0/task:0/device:CPU:1`; eager ops
   (creating variables, for instance) go to TensorFlow's C++ INFO log on stderr
-  as `Executing op VarHandleOp in device ...`, which TF_CPP_MIN_LOG_LEVEL must
-  let through (see `let_placement_logs_through`).
+  as `Executing op VarHandleOp in device ...`. TensorFlow reads its log level
+  once, when it is loaded: a command with --log_device_placement set lets that
+  log through (`cli.TF_LOG_FLAGS`), since the user asked for those lines.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.debugging.set_log_device_placement(enabled)

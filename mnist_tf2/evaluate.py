@@ -10,6 +10,7 @@ import sys
 from absl import flags
 
 from mnist_tf2 import cli
+from mnist_tf2 import devices
 from mnist_tf2.constants import NUM_CLASSES
 from mnist_tf2.constants import SPLIT_TITLES
 from mnist_tf2.constants import SPLITS
@@ -164,6 +165,7 @@ def define_flags() -> None:
                           "probabilities) and each of them.")
   flags.DEFINE_string("splits", ",".join(SPLITS),
                       "Comma-separated splits to evaluate: train, validation, test.")
+  devices.define_log_device_placement_flag()
 
 
 def main(argv):
@@ -171,6 +173,7 @@ def main(argv):
   splits = parse_splits(flags.FLAGS.splits)
   workdirs = parse_workdirs(flags.FLAGS.workdir)
   cli.import_tensorflow()
+  devices.set_log_device_placement(flags.FLAGS.log_device_placement)
   if len(workdirs) == 1:
     evaluate_workdir(workdirs[0], splits)
   else:
@@ -179,4 +182,5 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  cli.run(main, help_text=lambda: cli.command_help(__doc__, ["workdir", "splits"]))
+  cli.run(main, help_text=lambda: cli.command_help(
+      __doc__, ["workdir", "splits", "log_device_placement"]))

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from mnist_tf2 import cli
+from mnist_tf2 import devices
 from mnist_tf2.constants import NUM_CLASSES
 from mnist_tf2.errors import UserError
 from mnist_tf2.errors import first_line
@@ -178,6 +179,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("top_k", 1, "How many of the most probable digits to print (1-10).")
   flags.DEFINE_string("save_inputs", "", "Write the 28x28 image the model saw for each file "
                       "as DIR/NAME.mnist.png (created if missing).")
+  devices.define_log_device_placement_flag()
 
 
 def main(argv):
@@ -192,6 +194,7 @@ def main(argv):
   if flag_values.save_inputs:
     make_directory(flag_values.save_inputs)
   cli.import_tensorflow()
+  devices.set_log_device_placement(flag_values.log_device_placement)
   records = predict_files(Classifier(flag_values.export_dir), paths, flag_values.top_k,
                           flag_values.save_inputs)
   if report(records, flag_values.json):
@@ -201,4 +204,4 @@ def main(argv):
 if __name__ == "__main__":
   define_flags()
   cli.run(main, positional=True, help_text=lambda: cli.command_help(
-      __doc__, ["export_dir", "json", "top_k", "save_inputs"]))
+      __doc__, ["export_dir", "json", "top_k", "save_inputs", "log_device_placement"]))

@@ -12,7 +12,6 @@ from absl import flags
 
 from mnist_tf2 import cli
 from mnist_tf2 import config as config_lib
-from mnist_tf2 import devices
 from mnist_tf2.errors import Preempted
 
 config_lib.define_flags()

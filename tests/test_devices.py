@@ -122,7 +122,10 @@ def placements(text):
 
 
 def test_train_step_and_variables_on_the_chosen_cpu(tmp_path):
-  """--devices=/cpu:1 of 2: TensorFlow's own placement log puts the step and variables there."""
+  """--devices=/cpu:1 of 2: TensorFlow's own placement log puts the step and variables there.
+
+  Then evaluate --log_device_placement on the same workdir prints its placements too.
+  """
   result = run_module(
       "mnist_tf2.train", "--model=mlp", "--preset=smoke", "--data_source=fake",
       "--fake_examples=64", "--num_cpu_devices=2", "--devices=/cpu:1", "--log_device_placement",
@@ -147,3 +150,12 @@ def test_train_step_and_variables_on_the_chosen_cpu(tmp_path):
   created = re.findall(r"Executing op VarHandleOp in device \S+/device:(\w+:\d+)",
                        result.stderr)
   assert created.count("CPU:1") >= 6, created
+
+  # evaluate (one device, TensorFlow's choice): its confusion-matrix step's placements.
+  result = run_module("mnist_tf2.evaluate", f"--workdir={tmp_path / 'run'}", "--splits=test",
+                      "--log_device_placement", timeout=120, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Test Data Eval:" in result.stdout
+  matmuls = [device for name, device in placements(result.stdout) if name.endswith("MatMul")]
+  assert matmuls and set(matmuls) == {"CPU:0"}
+  assert re.search(r"Executing op \w+ in device \S+/device:CPU:0", result.stderr)
