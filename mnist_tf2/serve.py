@@ -27,6 +27,7 @@ from absl import flags
 import waitress
 
 from mnist_tf2 import cli
+from mnist_tf2 import devices
 from mnist_tf2.errors import UserError
 
 MAX_CONNECTIONS = 100  # open at once; more wait in the kernel's accept queue
@@ -63,6 +64,7 @@ def define_flags() -> None:
                        "0 picks a free one.")
   flags.DEFINE_string("model_name", "mnist", "The NAME in /v1/models/NAME.")
   flags.DEFINE_integer("threads", 4, "Requests served at once; more wait in a queue.")
+  devices.define_log_device_placement_flag()
 
 
 def main(argv):
@@ -78,6 +80,7 @@ def main(argv):
   if not 0 <= flag_values.port <= 65535:
     raise UserError(f"--port must be in 0..65535, got {flag_values.port}")
   cli.import_tensorflow()
+  devices.set_log_device_placement(flag_values.log_device_placement)
   from mnist_tf2 import server  # pylint: disable=g-import-not-at-top
   application = server.ModelServer(flag_values.export_dir, flag_values.model_name)
   httpd = create_server(application, flag_values.host, flag_values.port,
@@ -102,4 +105,4 @@ def main(argv):
 if __name__ == "__main__":
   define_flags()
   cli.run(main, help_text=lambda: cli.command_help(
-      __doc__, ["export_dir", "host", "port", "model_name", "threads"]))
+      __doc__, ["export_dir", "host", "port", "model_name", "threads", "log_device_placement"]))
