@@ -8,6 +8,8 @@ source and validation split): otherwise "validation" and "test" would name
 different images for different members.
 """
 
+import os
+
 from mnist_tf2 import config as config_lib
 from mnist_tf2.errors import UserError
 
@@ -20,6 +22,9 @@ def parse_workdirs(text: str) -> list[str]:
   repeated = sorted({name for name in workdirs if workdirs.count(name) > 1})
   if repeated:
     raise UserError(f"--workdir names {', '.join(repeated)} more than once")
+  for name in workdirs:  # Checked here, before TensorFlow loads: a typo answers at once.
+    if not os.path.isdir(name):
+      raise UserError(f"--workdir={name} is not a directory")
   return workdirs
 
 

@@ -36,14 +36,19 @@ PREDICT_BATCH = 256
 # --- The SavedModel ------------------------------------------------------------------------
 
 
+def check_saved_model(export_dir: str) -> None:
+  """Raises a one-line UserError unless `export_dir` holds a SavedModel."""
+  if not is_saved_model(export_dir):
+    raise UserError(f"--export_dir={export_dir} holds no SavedModel (no saved_model.pb); "
+                    "create one with python -m mnist_tf2.export")
+
+
 class Classifier:
   """The uint8 signature of an exported model (`serving_uint8`, see mnist_tf2.export)."""
 
   def __init__(self, export_dir: str):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    if not is_saved_model(export_dir):
-      raise UserError(f"--export_dir={export_dir} holds no SavedModel (no saved_model.pb); "
-                      "create one with python -m mnist_tf2.export")
+    check_saved_model(export_dir)
     try:
       # Kept on self: the signature's variables live only as long as this object.
       self.loaded = tf.saved_model.load(export_dir)
@@ -191,6 +196,7 @@ def main(argv):
     raise UserError("no image files given: python -m mnist_tf2.predict --export_dir=E FILE...")
   if not 1 <= flag_values.top_k <= NUM_CLASSES:
     raise UserError(f"--top_k must be in 1..{NUM_CLASSES}, got {flag_values.top_k}")
+  check_saved_model(flag_values.export_dir)  # Before TensorFlow loads: a typo answers at once.
   if flag_values.save_inputs:
     make_directory(flag_values.save_inputs)
   cli.import_tensorflow()

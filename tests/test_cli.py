@@ -171,6 +171,28 @@ def test_bad_command_lines_are_one_error_line_and_exit_2(args, message):
   assert result.stderr.count("\n") == 1 and result.stdout == ""
 
 
+@pytest.mark.parametrize("command, args, message", [
+    ("evaluate", ["--workdir=/nowhere"], "error: --workdir=/nowhere is not a directory"),
+    ("evaluate", ["--workdir=/tmp,/nowhere"], "error: --workdir=/nowhere is not a directory"),
+    ("export", ["--workdir=/nowhere", "--export_dir=/nowhere-e"],
+     "error: --workdir=/nowhere is not a directory"),
+    ("predict", ["--export_dir=/nowhere", "a.png"],
+     "error: --export_dir=/nowhere holds no SavedModel"),
+])
+def test_a_wrong_path_is_refused_before_tensorflow_loads(command, args, message):
+  # A typo'd path must answer at once, not after TensorFlow's seconds of start-up.
+  probe = (f"import runpy, sys; sys.argv = {[command, *args]!r}\n"
+           "try:\n"
+           f"  runpy.run_module('mnist_tf2.{command}', run_name='__main__')\n"
+           "finally:\n"
+           "  sys.stderr.write('imported tensorflow: %s' % ('tensorflow' in sys.modules))\n")
+  result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+  assert result.returncode == 2
+  assert result.stderr.startswith(message), result.stderr
+  assert result.stderr.endswith("imported tensorflow: False"), result.stderr
+
+
 # --- 3. A clean first screen -----------------------------------------------------------------
 
 
