@@ -330,10 +330,13 @@ def _fit_run_length(values, sources, preset_values) -> list[str]:
     # Warm-up stays below the run; evaluation is never more frequent than the
     # log line (a 5-step check need not evaluate 5 times).
     new = min(new, steps - 1) if name == "warmup_steps" else max(new, values["log_every"])
+    if name == "eval_every" and new >= steps:
+      new = 0  # No evaluation would fall inside the run: say "only at the end".
     if new != old:
       values[name] = new
       sources[name] = f"{sources[name]}, scaled to --max_steps={steps}"
-      changed.append(f"{name} {old} -> {new}")
+      changed.append(f"{name} {old} -> {new}" + (" (only at the end)" if new == 0 and
+                                                   name == "eval_every" else ""))
   if not changed:
     return []
   return [f"Scaled with --max_steps={steps} (the preset runs {preset_steps}): "

@@ -234,7 +234,7 @@ def test_a_run_prints_only_its_own_lines(tmp_path):
       "(instead of 6000), --eval_splits=test (instead of train,validation,test), "
       "--deterministic",
       "Scaled with --max_steps=5 (the preset runs 6000): warmup_steps 200 -> 0, "
-      "eval_every 1000 -> 100"]
+      "eval_every 1000 -> 0 (only at the end)"]
   assert not [line for line in lines if line.strip().startswith(("{", '"'))]
   assert "Test Data Eval:" in result.stdout
   assert (tmp_path / "config.json").is_file()
