@@ -1,8 +1,10 @@
 """Random distortions of training images: shift, rotation, zoom and elastic.
 
-Stateless: every batch's distortions are keyed by (seed, its first position in
-the training stream), so a resumed run draws exactly what an uninterrupted one
-would, with no RNG state to checkpoint. `augment_batch` runs in the tf.data
+Stateless: every global batch's distortions are keyed by (seed, its first
+position in the training stream), and each image's by its row in that global
+batch, so a resumed run draws exactly what an uninterrupted one would, with no
+RNG state to checkpoint, and a global batch split over replicas or workers is
+distorted exactly as on one device. `augment_batch` runs in the tf.data
 pipeline; `affine_transforms` and `warp` split the affine part in two for the
 XLA training loop (trainer.XlaTrainer), which draws outside XLA and warps inside.
 """
@@ -37,7 +39,7 @@ class Augmentation(NamedTuple):
                elastic_sigma=config.augment_elastic_sigma)
 
 
-def augment_batch(images, seed, augmentation: Augmentation):
+def augment_batch(images, seed, augmentation: Augmentation, rows=None, global_batch_size=None):
   """Randomly shifts, rotates, zooms and elastically distorts each image.
 
   The affine part alone is one fused kernel (ImageProjectiveTransformV3).
@@ -50,21 +52,26 @@ def augment_batch(images, seed, augmentation: Augmentation):
     seed: int32/int64 [2], the stateless key; the same key gives the same
       distortions.
     augmentation: the strengths.
+    rows: int [batch], each image's row in the global batch that `seed` keys
+      (default: 0, 1, ...: `images` is the whole global batch). The draws are
+      made for the whole global batch and each image takes its row's, so one
+      replica's share of a global batch is distorted as on a single device.
+    global_batch_size: the size of that global batch (with `rows`).
 
   Returns:
     The distorted images, same shape and dtype.
   """
-  batch = tf.shape(images)[0]
+  batch = tf.shape(images)[0] if rows is None else global_batch_size
   height, width = images.shape[1], images.shape[2]
   affine_seed, elastic_seed = tf.unstack(tf.random.split(seed, 2))
-  transforms = _affine_transforms(batch, height, width, affine_seed, augmentation)
+  transforms = _affine_transforms(batch, height, width, affine_seed, augmentation, rows)
   if not augmentation.elastic_alpha:
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=transforms, output_shape=[height, width],
         fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
   displacement_y, displacement_x = _elastic_displacements(
       batch, height, width, augmentation.elastic_alpha, augmentation.elastic_sigma,
-      elastic_seed)
+      elastic_seed, rows)
   source_y, source_x = _affine_sources(transforms, height, width)
   return _bilinear_sample(images, source_y + displacement_y, source_x + displacement_x)
 
@@ -72,9 +79,10 @@ def augment_batch(images, seed, augmentation: Augmentation):
 def augment_key(seed: int, first_position):
   """The stateless key of a batch's distortions, from its first stream position.
 
-  A pure function of (seed, step) like the example indices: a run resumed at a
-  step draws exactly the distortions an uninterrupted one would, with no RNG
-  state to save, and each replica's share of a step its own.
+  A pure function of (seed, position) like the example indices: a run resumed
+  at a step draws exactly the distortions an uninterrupted one would, with no
+  RNG state to save. Key a global batch by its first position, whatever the
+  replicas it is split over (see `augment_batch(rows=...)`).
   """
   return tf.random.fold_in(tf.constant([seed, _AUGMENT_STREAM], tf.int64), first_position)
 
@@ -103,8 +111,10 @@ def warp(images, transforms):
   return _bilinear_sample(images, source_y, source_x)
 
 
-def _affine_transforms(batch, height, width, seed, augmentation):
+def _affine_transforms(batch, height, width, seed, augmentation, rows=None):
   draws = tf.random.stateless_uniform([batch, 4], seed, -1.0, 1.0)
+  if rows is not None:
+    draws = tf.gather(draws, rows)
   angle = draws[:, 0] * (augmentation.rotation * math.pi / 180.0)
   zoom = 1.0 + draws[:, 1] * augmentation.scale
   shift_x = draws[:, 2] * augmentation.shift
@@ -131,7 +141,7 @@ def _affine_sources(transforms, height, width):
   return b0 * grid_x + b1 * grid_y + b2, a0 * grid_x + a1 * grid_y + a2
 
 
-def _elastic_displacements(batch, height, width, alpha, sigma, seed):
+def _elastic_displacements(batch, height, width, alpha, sigma, seed, rows=None):
   """Simard et al. (2003): uniform(-1, 1) noise, Gaussian-smoothed, times alpha.
 
   The smoothed field holds nothing finer than about sigma pixels, so the noise
@@ -151,6 +161,8 @@ def _elastic_displacements(batch, height, width, alpha, sigma, seed):
   # smooths every point with the full kernel (no weaker field at the borders).
   noise = tf.random.stateless_uniform(
       [batch, coarse_height + 2 * radius, coarse_width + 2 * radius, 2], seed, -1.0, 1.0)
+  if rows is not None:  # Only the rows of this replica's images are smoothed.
+    noise = tf.gather(noise, rows)
   taps = tf.range(-radius, radius + 1, dtype=tf.float32)
   kernel = tf.exp(-0.5 * tf.square(taps / coarse_sigma))
   kernel /= tf.reduce_sum(kernel)

@@ -347,6 +347,7 @@ def train_dataset(split: Split, *, batch_size: int, seed: int, start: int = 0,
   # together see exactly the global batch a single device would.
   pipelines, pipeline = ((input_context.num_input_pipelines, input_context.input_pipeline_id)
                          if input_context else (1, 0))
+  replicas = input_context.num_replicas_in_sync if input_context else 1
   gather = _gather_fn(split)
 
   def batch(k):
@@ -356,9 +357,20 @@ def train_dataset(split: Split, *, batch_size: int, seed: int, start: int = 0,
         k * batch_size + tf.range(batch_size, dtype=tf.int64))
     images, labels = gather(stream_indices(positions, num_examples, seed))
     if augmentation is not None:
-      images = augment.augment_batch(images, augment.augment_key(seed, positions[0]),
-                                      augmentation)
+      images = _augment(images, positions, k)
     return images, labels
+
+  def _augment(images, positions, k):
+    if replicas == 1:
+      return augment.augment_batch(images, augment.augment_key(seed, positions[0]),
+                                   augmentation)
+    # A pipeline's consecutive batches go to its replicas in turn: batch k is
+    # part of global batch k // (replicas per pipeline), which is keyed by its
+    # first position, each image by its row in it, as on a single device.
+    global_batch = batch_size * replicas
+    first = start + k // (replicas // pipelines) * global_batch
+    return augment.augment_batch(images, augment.augment_key(seed, first), augmentation,
+                                 rows=positions - first, global_batch_size=global_batch)
 
   return (tf.data.Dataset.counter()
           .map(batch, num_parallel_calls=tf.data.AUTOTUNE)
