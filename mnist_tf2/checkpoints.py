@@ -81,14 +81,19 @@ class Checkpointer:
   run) would be accepted and the moments silently start at zero.
   """
 
-  def __init__(self, directory, max_to_keep, restore_directory=None, **trackables):
+  def __init__(self, directory, max_to_keep, restore_directory=None, optional=(),
+               **trackables):
     """Saves to `directory`; restores from `restore_directory` (default: the same).
 
     A non-chief worker saves to a directory of its own but restores the chief's.
+    `optional` names trackables that older checkpoints lack: those are restored
+    without them, and `missing` lists them.
     """
     self.directory = directory
     self.restore_directory = restore_directory or directory
     self.trackables = trackables
+    self.optional = optional
+    self.missing = []
     self.checkpoint = tf.train.Checkpoint(**trackables)
     self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
                                               max_to_keep=max_to_keep,
@@ -151,7 +156,7 @@ class Checkpointer:
       try:
         # assert_existing_objects_matched: everything we hold must be in the
         # file, so a checkpoint of another model is refused, not half-loaded.
-        status = self.checkpoint.restore(path)
+        status = self._checkpoint_for(path).restore(path)
         if partial:
           status.expect_partial()
         status.assert_existing_objects_matched()
@@ -172,6 +177,16 @@ class Checkpointer:
   def _rotated_away(self, path) -> bool:
     """Whether `path` was deleted by its manager (no longer listed), not lost or damaged."""
     return not os.path.exists(f"{path}.index") and path not in self.candidates()
+
+  def _checkpoint_for(self, path):
+    """The checkpoint object to restore `path` with: without the optional entries it lacks."""
+    names = tf.train.load_checkpoint(path).get_variable_to_dtype_map()
+    self.missing = [name for name in self.optional
+                    if not any(key.startswith(f"{name}/") for key in names)]
+    if not self.missing:
+      return self.checkpoint
+    return tf.train.Checkpoint(**{name: trackable for name, trackable in self.trackables.items()
+                                  if name not in self.missing})
 
   def save(self, step):
     """Saves a verified checkpoint at `step`; returns its path.

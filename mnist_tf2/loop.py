@@ -26,6 +26,7 @@ from mnist_tf2 import devices
 from mnist_tf2 import distribute
 from mnist_tf2 import export
 from mnist_tf2 import lock
+from mnist_tf2 import resume
 from mnist_tf2 import summaries as summaries_lib
 from mnist_tf2 import trainer as trainer_lib
 from mnist_tf2 import workdir as workdir_lib
@@ -146,7 +147,9 @@ class Controller:
     self.inputs = self.trainer.inputs(self.splits.train)  # After the restore: see there.
     self.evaluator = Evaluator(self.model, strategy)
     self.eval_data = self._eval_datasets()
-    self.summaries = summaries_lib.Summaries(workdir, enabled=self.chief and config.summaries,
+    # A finished run re-run only evaluates (and exports): its record stays as it is.
+    self.summaries = summaries_lib.Summaries(workdir, enabled=(self.chief and config.summaries
+                                                               and not self.finished),
                                              histogram_every=config.histogram_every,
                                              profile_steps=config.profile_steps)
     self.summaries.run_start(self.step, config, self.model, self.splits.train, sys.argv)
@@ -168,16 +171,33 @@ class Controller:
   def _restore(self):
     # Every worker restores the chief's newest checkpoint (the workdir is
     # shared) and saves to its own directory, of which only the chief's is kept.
+    config = self.config
+    saved = workdir_lib.saved_config(config.workdir)  # The resumed run's flags.
+    lr_restart = resume.lr_restart_variable()
     self.checkpointer = checkpoints.Checkpointer(
-        os.path.join(self.workdir, "checkpoints"), self.config.max_to_keep,
-        restore_directory=os.path.join(self.config.workdir, "checkpoints"),
-        model=self.model, optimizer=self.optimizer)
+        os.path.join(self.workdir, "checkpoints"), config.max_to_keep,
+        restore_directory=os.path.join(config.workdir, "checkpoints"),
+        optional=resume.OPTIONAL_ENTRIES, model=self.model, optimizer=self.optimizer,
+        examples_consumed=self.trainer.examples_consumed, lr_restart=lr_restart)
     restored = self.checkpointer.restore_or_initialize()
     self.step = self.start_step = int(self.optimizer.iterations.numpy())
+    self.finished = restored and resume.finished(config, self.step, config.workdir)
     if restored:
       print(f"Resumed from {restored} at step {self.step}")
+      resume.check_steps(config, self.step, config.workdir)
+      if self.finished:
+        print(f"The run finished at step {self.step} ({config.workdir}/results.json): "
+              "evaluating it; nothing in the workdir is changed")
+        return
+      for line in (resume.input_start(config, saved, self.step,
+                                      self.trainer.examples_consumed,
+                                      "examples_consumed" in self.checkpointer.missing),
+                   resume.continue_schedule(config, saved, self.step, self.optimizer,
+                                            lr_restart)):
+        if line:
+          print(line)
     if self.chief:
-      workdir_lib.write_json(workdir_lib.config_path(self.workdir), self.config.to_dict())
+      workdir_lib.write_json(workdir_lib.config_path(self.workdir), config.to_dict())
 
   def _eval_datasets(self):
     # Evaluation batches may be short (every example counts once), so the
@@ -193,13 +213,14 @@ class Controller:
 
   def train(self, until) -> int:
     """Runs the steps up to `until` in one compiled call; returns the step reached."""
-    num_steps = until - self.step
+    num_steps, first_step = until - self.step, self.step
     chunk_start = time.time()
     with self.summaries.train_chunk(self.step, num_steps):
       out = self.trainer.train(self.trainer.chunk_inputs(self.inputs, num_steps),
                                tf.constant(num_steps, tf.int64))
     self.step = int(self.optimizer.iterations.numpy())  # Waits for the chunk to finish.
     self.window_seconds += time.time() - chunk_start
+    self.trainer.examples_consumed.assign_add((self.step - first_step) * self.config.batch_size)
     if int(out["nonfinite_step"]) >= 0:
       self.progress.clear()
       raise UserError(f"loss is not finite at step {int(out['nonfinite_step'])}; stopped "
@@ -281,7 +302,7 @@ class Controller:
     # of the run that did the training.
     if self.chief and (self.step > self.start_step or not os.path.exists(results_path)):
       workdir_lib.write_json(results_path, results)
-      if self.config.export_dir:
-        export.export_model(self.model, self.config, self.config.export_dir)
-        print(f"Exported the SavedModel to {self.config.export_dir}")
+    if self.chief and self.config.export_dir:
+      export.export_model(self.model, self.config, self.config.export_dir)
+      print(f"Exported the SavedModel to {self.config.export_dir}")
     return results

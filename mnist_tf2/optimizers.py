@@ -19,6 +19,12 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     self.total_steps = int(total_steps)
     self.warmup_steps = int(warmup_steps)
     self.decay = decay
+    self.restart = None  # (step, rate): see restart_at.
+
+  def restart_at(self, step, rate):
+    """From `step` on, decay from `rate` to 0 at `total_steps` (a resumed run's
+    schedule, resume.continue_schedule); set it before the training step is traced."""
+    self.restart = (int(step), float(rate))
 
   def __call__(self, step):
     step = tf.cast(step, tf.float32)
@@ -26,17 +32,29 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     warmup_factor = tf.minimum(1.0, (step + 1.0) / warmup) if self.warmup_steps else 1.0
     decay_steps = float(max(self.total_steps - self.warmup_steps, 1))
     progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+    rate = self.peak * warmup_factor * self._decay_factor(progress)
+    if self.restart is None:
+      return rate
+    start, start_rate = self.restart
+    progress = tf.clip_by_value((step - start) / float(max(self.total_steps - start, 1)),
+                                0.0, 1.0)
+    return tf.where(step >= start, start_rate * self._decay_factor(progress), rate)
+
+  def _decay_factor(self, progress):
     if self.decay == "cosine":
-      decay_factor = 0.5 * (1.0 + tf.cos(math.pi * progress))
-    elif self.decay == "linear":
-      decay_factor = 1.0 - progress
-    else:
-      decay_factor = 1.0
-    return self.peak * warmup_factor * decay_factor
+      return 0.5 * (1.0 + tf.cos(math.pi * progress))
+    if self.decay == "linear":
+      return 1.0 - progress
+    return 1.0
 
   def get_config(self):
     return {"peak": self.peak, "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps, "decay": self.decay}
+
+
+def schedule_of(optimizer) -> WarmupSchedule:
+  """The schedule an optimizer of `create_optimizer` follows (also under loss scaling)."""
+  return getattr(optimizer, "inner_optimizer", optimizer)._learning_rate  # pylint: disable=protected-access
 
 
 def create_schedule(config) -> WarmupSchedule:

@@ -24,6 +24,7 @@ that does not exist.
 """
 
 import contextlib
+import glob
 import json
 import os
 import shlex
@@ -127,6 +128,10 @@ class Summaries:
                       description="The resolved config: defaults, then the preset, then flags.")
       tf.summary.text("command_line", "`" + shlex.join(argv) + "`",
                       description="The command that started (or resumed) this run.")
+    # One session per workdir, this run's: the HParams dashboard shows the first
+    # session it finds next to the last final metrics, which this run writes.
+    for path in glob.glob(os.path.join(self.workdir, HPARAMS_RUN, "events.out.tfevents.*")):
+      os.remove(path)
     with self.writer(HPARAMS_RUN).as_default(step=step):
       hp.hparams_config(hparams=[_hparam(name) for name in config_lib.FIELDS],
                         metrics=[hp.Metric(tag, display_name=tag.replace("/", " "))

@@ -89,6 +89,10 @@ class Trainer:
     self.model = model
     self.optimizer = optimizer
     self.augmentation = augment.Augmentation.from_config(config)
+    # The examples of the stream read so far: where the input continues, whatever
+    # the batch size (checkpointed; the loop adds each chunk's).
+    self.examples_consumed = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                         name="examples_consumed")
     # Loss scaling keeps float16 gradients from underflowing; keras wraps the
     # optimizer for it (see distribute.precision_policy for when).
     self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
@@ -105,10 +109,10 @@ class Trainer:
   def inputs(self, split):
     """The training input: a distributed iterator over `split`'s training stream.
 
-    It starts where the optimizer's step says (position = step * global batch),
-    so create it after any restore: the step is the whole input state.
+    It starts at the next unread position (`examples_consumed`), so create it
+    after any restore.
     """
-    start = int(self.optimizer.iterations.numpy()) * self.config.batch_size
+    start = int(self.examples_consumed.numpy())
     return iter(self.strategy.distribute_datasets_from_function(
         lambda ctx: datasets.train_dataset(
             split, batch_size=ctx.get_per_replica_batch_size(self.config.batch_size),
@@ -269,11 +273,11 @@ class XlaTrainer(Trainer):
 
     Computed outside XLA (index_shuffle has no XLA kernel, and XLA's random
     bits differ from tf.data's) for a fixed number of steps, so one XLA program
-    serves chunks of every length. Stream position of a step: step * batch.
+    serves chunks of every length. The chunk starts at `examples_consumed`.
     """
     max_steps, batch_size = self.config.steps_per_loop, self.config.batch_size
-    step = tf.cast(self.optimizer.iterations, tf.int64)
-    positions = ((step + tf.range(max_steps, dtype=tf.int64))[:, tf.newaxis] * batch_size
+    positions = (self.examples_consumed
+                 + tf.range(max_steps, dtype=tf.int64)[:, tf.newaxis] * batch_size
                  + tf.range(batch_size, dtype=tf.int64))
     indices = datasets.stream_indices(positions, num_examples, self.config.seed)
     transforms = None

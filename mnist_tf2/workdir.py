@@ -24,6 +24,12 @@ from mnist_tf2.errors import UserError
 # Fields that change which variables a checkpoint holds, or their shapes. (Not,
 # e.g., dropout_rate, batch_size or learning_rate: a resumed run may change them.)
 STRUCTURAL_FIELDS = ("model", "hidden1", "hidden2", "optimizer")
+# Fields that decide which examples the stream holds, in which order: a resumed
+# run with other values would mix another dataset or order into the run.
+# {field: the data_source it matters for (None: every source)}.
+DATA_FIELDS = {"data_source": None, "data_dir": "idx", "dataset": "tfds",
+               "tfds_data_dir": "tfds", "fake_examples": "fake", "validation_size": None,
+               "seed": None}
 
 
 def config_path(workdir: str) -> str:
@@ -38,14 +44,13 @@ def prepare(config) -> None:
   """
   workdir = config.workdir
   saved_path = config_path(workdir)
-  if os.path.exists(saved_path):
-    try:
-      with open(saved_path) as f:
-        saved = json.load(f)
-    except (OSError, ValueError) as e:
-      raise UserError(f"cannot read {saved_path}: {e}; use a new --workdir") from None
+  saved = saved_config(workdir)
+  if saved is not None:
     differ = [name for name in STRUCTURAL_FIELDS
               if name in saved and saved[name] != getattr(config, name)]
+    differ += [name for name, source in DATA_FIELDS.items()
+               if name in saved and saved[name] != getattr(config, name)
+               and source in (None, config.data_source)]
     if differ:
       raise UserError(
           f"--workdir={workdir} holds a run with "
@@ -62,6 +67,18 @@ def prepare(config) -> None:
     except OSError as e:
       where = "" if directory == workdir else f" ({directory})"
       raise UserError(f"cannot write to --workdir={workdir}{where}: {e.strerror or e}") from None
+
+
+def saved_config(workdir: str) -> dict | None:
+  """The config.json dict of the run in `workdir`, or None if it has none."""
+  path = config_path(workdir)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot read {path}: {e}; use a new --workdir") from None
 
 
 def check_export_dir_apart(export_dir: str, workdir: str) -> None:

@@ -125,3 +125,170 @@ def test_mirrored_default_presets_train_like_one_device(tmp_path):
   assert float(lines["weights"]) < 1e-5, result.stdout
   cnn = [float(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("cnn ")]
   assert len(cnn) == 2 and max(cnn) == 0.0, result.stdout
+
+
+# --- resuming with changed flags ------------------------------------------------------------
+
+RUN = {"max_steps": 6, "checkpoint_every": 3, "log_every": 3, "steps_per_loop": 3,
+       "batch_size": 16, "lr_schedule": "cosine", "eval_splits": "test",
+       "deterministic": True}
+
+
+def run(workdir, **flags):
+  return loop.train_and_evaluate(config_lib.resolve("mlp", "smoke", dict(
+      RUN, workdir=str(workdir), **flags)))
+
+
+def snapshot(directory) -> dict:
+  """{relative path: file content} of every file under `directory`."""
+  return {os.path.relpath(os.path.join(root, name), directory):
+          open(os.path.join(root, name), "rb").read()
+          for root, _, names in os.walk(directory) for name in names}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """A finished 6-step mlp smoke run (cosine schedule): checkpoints at 3 and 6."""
+  workdir = tmp_path_factory.mktemp("finished")
+  run(workdir)
+  return workdir
+
+
+@pytest.fixture
+def copy(finished, tmp_path):
+  import shutil
+  shutil.copytree(finished, tmp_path / "w")
+  return tmp_path / "w"
+
+
+def interrupted_at_3(workdir, step=3, last=6):
+  """Makes the workdir look like a run stopped at `step` (as after a preemption)."""
+  directory = workdir / "checkpoints"
+  for path in directory.glob(f"ckpt-{last}.*"):
+    path.unlink()
+  (workdir / "results.json").unlink()
+  tf.compat.v1.train.update_checkpoint_state(str(directory), str(directory / f"ckpt-{step}"),
+                                             [str(directory / f"ckpt-{step}")])
+
+
+def controller(workdir, **flags):
+  """A Controller resumed in `workdir` with `flags` changed (nothing trained)."""
+  from mnist_tf2 import checkpoints, distribute
+  config = config_lib.resolve("mlp", "smoke", dict(RUN, workdir=str(workdir), **flags))
+  return loop.Controller(config, distribute.create_strategy(config), str(workdir),
+                         checkpoints.PreemptionWatcher(enabled=False))
+
+
+def checkpoint_value(workdir, name):
+  path = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+  return tf.train.load_variable(path, f"{name}/.ATTRIBUTES/VARIABLE_VALUE")
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_changed_batch_size_continues_with_the_next_unread_example(copy, capsys, jit_compile):
+  """3 steps at batch 16 read positions 0-47: resumed at batch 32, position 48 is next
+  (not 3 x 32 = 96), on the tf.data and on the in-memory XLA path."""
+  interrupted_at_3(copy)
+  assert checkpoint_value(copy, "examples_consumed") == 48
+  resumed = controller(copy, batch_size=32, max_steps=5, jit_compile=jit_compile)
+  assert "Input: 48 examples read at --batch_size=16; continuing with the next unread " \
+         "one, 32 a step" in capsys.readouterr().out
+  split = resumed.splits.train
+  expected = split.labels[datasets.stream_indices(48 + np.arange(64), len(split.labels),
+                                                  resumed.config.seed)]
+  if jit_compile:
+    indices, _ = resumed.trainer._chunk_examples(len(split.labels))
+    labels = split.labels[indices.numpy()[:2].ravel()]
+  else:
+    labels = np.concatenate([next(resumed.inputs)[1].numpy() for _ in range(2)])
+  np.testing.assert_array_equal(labels, expected)
+
+
+def test_checkpoint_without_examples_count_falls_back_to_step_times_batch(copy, capsys):
+  """A checkpoint written before the count existed: step x config.json's --batch_size."""
+  from mnist_tf2 import trainer as trainer_lib
+  interrupted_at_3(copy)
+  config = config_lib.resolve("mlp", "smoke", dict(RUN, workdir=str(copy)))
+  model, optimizer = trainer_lib.build_model_and_optimizer(config)
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+  checkpoint.restore(str(copy / "checkpoints" / "ckpt-3")).expect_partial()
+  for path in (copy / "checkpoints").glob("ckpt-3.*"):
+    path.unlink()
+  tf.train.CheckpointManager(checkpoint, str(copy / "checkpoints"), 2,
+                             checkpoint_name="ckpt").save(checkpoint_number=3)
+  resumed = controller(copy, batch_size=8)
+  assert "Input: 48 examples read at --batch_size=16" in capsys.readouterr().out
+  assert int(resumed.trainer.examples_consumed.numpy()) == 48
+
+
+def test_longer_run_continues_the_learning_rate_reached(copy, capsys):
+  """Stopped at step 3 of a 6-step cosine (rate peak/2), resumed with --max_steps=12:
+  the rate goes on from peak/2 (re-stretched, it would jump to 0.85 peak)."""
+  interrupted_at_3(copy)
+  peak = config_lib.resolve("mlp", "smoke", {}).learning_rate
+  resumed = controller(copy, max_steps=12)
+  out = capsys.readouterr().out
+  assert f"Learning rate: continues from the rate reached, decaying to the new --max_steps " \
+         f"(was 6): {peak / 2:.3g} at step 4, " in out
+  assert float(resumed.optimizer.learning_rate) == pytest.approx(peak / 2, rel=1e-6)
+  schedule = optimizers.schedule_of(resumed.optimizer)
+  rates = [float(schedule(step)) for step in range(3, 12)]
+  assert rates == sorted(rates, reverse=True) and rates[-1] < peak / 20
+
+
+def test_finished_cosine_run_extended_restarts_and_says_so(copy, capsys):
+  peak = config_lib.resolve("mlp", "smoke", {}).learning_rate
+  run(copy, max_steps=12)
+  out = capsys.readouterr().out
+  assert f"Learning rate: the cosine decay had ended: warm restart from the peak: " \
+         f"{peak:.3g} at step 7" in out
+  assert list(checkpoint_value(copy, "lr_restart")) == [6.0, pytest.approx(peak)]
+  # Stopped at step 9 and resumed with the same flags, the restart is kept.
+  interrupted_at_3(copy, step=9, last=12)
+  resumed = controller(copy, max_steps=12)
+  assert "Learning rate: continues its schedule" in capsys.readouterr().out
+  restarted = optimizers.WarmupSchedule(peak, 12, 0, "cosine")
+  restarted.restart_at(6, peak)
+  assert float(resumed.optimizer.learning_rate) == pytest.approx(float(restarted(9)), rel=1e-6)
+  assert float(restarted(9)) > 1.5 * float(optimizers.WarmupSchedule(peak, 12, 0, "cosine")(9))
+
+
+def test_other_data_or_seed_is_refused_and_nothing_changes(copy):
+  before = snapshot(copy)
+  for flags, message in (
+      ({"data_source": "bundled"}, "holds a run with data_source='fake'"),
+      ({"fake_examples": 128}, "fake_examples=256"),
+      ({"seed": 4}, "seed=0")):
+    with pytest.raises(UserError, match=message + ".*use a new --workdir"):
+      run(copy, **flags)
+  assert snapshot(copy) == before
+
+
+def test_finished_run_is_never_rewritten(copy, tmp_path, capsys):
+  before = snapshot(copy)
+  with pytest.raises(UserError, match="holds a run at step 6, past --max_steps=4; nothing "
+                                      "was changed"):
+    run(copy, max_steps=4, warmup_steps=1)
+  results = run(copy, learning_rate=0.5)  # Re-run: evaluates, changes nothing.
+  assert "The run finished at step 6" in capsys.readouterr().out
+  assert results["metrics"]["test"]["accuracy"] >= 0
+  assert snapshot(copy) == before
+  run(copy, export_dir=str(tmp_path / "export"))
+  assert (tmp_path / "export" / "saved_model.pb").exists()
+  assert snapshot(copy) == before
+
+
+def test_hparams_describe_the_resumed_configuration(copy):
+  """Resumed with another batch size and length: the one HParams session is the new one."""
+  from tensorboard.plugins.hparams import plugin_data_pb2
+  run(copy, max_steps=8, batch_size=32)
+  sessions = [value.metadata.plugin_data.content
+              for path in (copy / "hparams").glob("events.out.tfevents.*")
+              for record in tf.data.TFRecordDataset(str(path))
+              for value in tf.compat.v1.Event.FromString(record.numpy()).summary.value
+              if value.tag == "_hparams_/session_start_info"]
+  assert len(sessions) == 1
+  hparams = plugin_data_pb2.HParamsPluginData.FromString(sessions[0]).session_start_info.hparams
+  assert (hparams["batch_size"].number_value, hparams["max_steps"].number_value) == (32, 8)
+  final = read_events(copy / "hparams")["test/accuracy"]
+  assert [step for step, _, _ in final] == [8]
