@@ -80,9 +80,11 @@ class Config:
   weight_decay: float = _field(0.0, "Decoupled weight decay (adamw) or L2-style decay "
                                "(others, through Keras' weight_decay).")
   label_smoothing: float = _field(0.0, "Label smoothing of the cross-entropy loss.")
-  batch_size: int = _field(100, "Global training batch size (all replicas together).")
+  batch_size: int = _field(100, "Global training batch size (all replicas together). May "
+                           "change on resume: the run continues with the next unread example.")
   eval_batch_size: int = _field(1000, "Batch size for evaluation.")
-  max_steps: int = _field(2000, "Number of training steps to run.")
+  max_steps: int = _field(2000, "Number of training steps to run. A resumed run may raise it: "
+                          "the learning rate goes on from the rate reached (docs/RESUMING.md).")
 
   _section("The loop")
   steps_per_loop: int = _field(100, "Training steps run inside one tf.function call.")

@@ -13,10 +13,10 @@ training set, train is the rest, test is the official test set.
 
 The pipelines keep those arrays in memory and shuffle *indices*, gathering and
 normalising a whole batch at a time: cheap per step. The order is a function of
-the seed alone (`stream_indices`), so a run resumed at step s starts reading at
-example s * batch (see `train_dataset(start=...)`): nothing of the pipeline
-needs checkpointing, and the XLA training loop (trainer.py) can gather the very
-same batches itself. Training batches may be randomly distorted
+the seed alone (`stream_indices`), so a resumed run starts reading at the
+position the checkpoint's count of examples read gives (see
+`train_dataset(start=...)`): nothing of the pipeline needs checkpointing, and
+the XLA training loop (trainer.py) can gather the very same batches itself. Training batches may be randomly distorted
 (`augment.Augmentation`: shift, rotation, zoom, elastic), with stateless randomness
 keyed by (seed, position in the stream) so that a resumed run sees the same
 distortions (see `augment`); evaluation batches never are.
@@ -320,9 +320,10 @@ def train_dataset(split: Split, *, batch_size: int, seed: int, start: int = 0,
   """An endless, seeded, shuffled stream of training batches.
 
   The stream of example indices is `stream_indices`, a pure function of `seed`,
-  so the position `start` in it stands for the whole input state: a run resumed
-  at step s starts at s * global_batch_size and reads what an uninterrupted run
-  would, whatever the number of replicas or workers before and after.
+  so the position `start` in it stands for the whole input state: a resumed run
+  starts at the number of examples read before and reads what an uninterrupted
+  run would, whatever the number of replicas or workers (or the batch size)
+  before and after.
 
   Args:
     split: the training split.

@@ -54,7 +54,8 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 def schedule_of(optimizer) -> WarmupSchedule:
   """The schedule an optimizer of `create_optimizer` follows (also under loss scaling)."""
-  return getattr(optimizer, "inner_optimizer", optimizer)._learning_rate  # pylint: disable=protected-access
+  optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+  return optimizer._learning_rate  # pylint: disable=protected-access
 
 
 def create_schedule(config) -> WarmupSchedule:

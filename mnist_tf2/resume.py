@@ -94,7 +94,8 @@ def continue_schedule(config, saved, step, optimizer, lr_restart) -> str:
       old.restart_at(int(restart_step), float(restart_value))
     reached = float(old(step))
     if reached > 0:
-      what = f"continues from the rate reached, decaying to the new --max_steps (was {saved['max_steps']})"
+      what = ("continues from the rate reached, decaying to the new --max_steps "
+              f"(was {saved['max_steps']})")
     else:
       what = f"the {config.lr_schedule} decay had ended: warm restart from the peak"
     value = reached if reached > 0 else config.learning_rate
