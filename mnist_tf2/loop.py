@@ -213,14 +213,13 @@ class Controller:
 
   def train(self, until) -> int:
     """Runs the steps up to `until` in one compiled call; returns the step reached."""
-    num_steps, first_step = until - self.step, self.step
+    num_steps = until - self.step
     chunk_start = time.time()
     with self.summaries.train_chunk(self.step, num_steps):
       out = self.trainer.train(self.trainer.chunk_inputs(self.inputs, num_steps),
                                tf.constant(num_steps, tf.int64))
     self.step = int(self.optimizer.iterations.numpy())  # Waits for the chunk to finish.
     self.window_seconds += time.time() - chunk_start
-    self.trainer.examples_consumed.assign_add((self.step - first_step) * self.config.batch_size)
     if int(out["nonfinite_step"]) >= 0:
       self.progress.clear()
       raise UserError(f"loss is not finite at step {int(out['nonfinite_step'])}; stopped "

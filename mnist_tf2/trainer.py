@@ -90,7 +90,7 @@ class Trainer:
     self.optimizer = optimizer
     self.augmentation = augment.Augmentation.from_config(config)
     # The examples of the stream read so far: where the input continues, whatever
-    # the batch size (checkpointed; the loop adds each chunk's).
+    # the batch size (checkpointed; `chunk_inputs` counts each chunk's).
     self.examples_consumed = tf.Variable(0, dtype=tf.int64, trainable=False,
                                          name="examples_consumed")
     # Loss scaling keeps float16 gradients from underflowing; keras wraps the
@@ -120,8 +120,11 @@ class Trainer:
             augmentation=self.augmentation)))
 
   def chunk_inputs(self, inputs, num_steps):
-    """What `train` reads for the next `num_steps` steps: the iterator itself."""
-    del num_steps  # The iterator is endless.
+    """What `train` reads for the next `num_steps` steps: the iterator itself.
+
+    Counts the chunk's examples as read (`examples_consumed`).
+    """
+    self.examples_consumed.assign_add(int(num_steps) * self.config.batch_size)
     return inputs
 
   def next_batch(self, inputs, i):
@@ -264,7 +267,9 @@ class XlaTrainer(Trainer):
       raise ValueError(f"a chunk of {int(num_steps)} steps is longer than --steps_per_loop="
                        f"{self.config.steps_per_loop}")
     images, labels = inputs
-    return (images, labels, *self._chunk_examples(images.shape[0]))
+    chunk = self._chunk_examples(images.shape[0])
+    self.examples_consumed.assign_add(int(num_steps) * self.config.batch_size)
+    return (images, labels, *chunk)
 
   @tf.function
   def _chunk_examples(self, num_examples):

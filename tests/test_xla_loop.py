@@ -182,6 +182,7 @@ def test_xla_loop_measures_the_gradient_norm_of_its_last_step(tmp_path):
   expected = norm_now()
   model.set_weights(initial)
   trainer.optimizer.iterations.assign(0)
+  trainer.examples_consumed.assign(0)  # The input position, rewound with the step.
   out = train(trainer, (images, labels), 3)
   np.testing.assert_allclose(float(out["gradient_norm"]), expected, rtol=1e-4)
   assert abs(before - expected) > 1e-3 * before  # Two steps of training changed it.
