@@ -93,7 +93,7 @@ def test_mirrored_default_presets_train_like_one_device(tmp_path):
   result = python(f"""
       import numpy as np, tensorflow as tf
       from mnist_tf2 import config as config_lib, datasets, distribute, loop, trainer
-      flags = dict(deterministic=True, seed=3, max_steps=12, batch_size=64, warmup_steps=0,
+      flags = dict(deterministic=True, seed=3, max_steps=8, batch_size=64, warmup_steps=0,
                    data_source="fake", fake_examples=256, steps_per_loop=4, eval_every=0,
                    eval_splits="test", summaries=False)
       weights = []
