@@ -106,8 +106,10 @@ def continue_schedule(config, saved, step, optimizer, lr_restart) -> str:
         saved.get("learning_rate", config.learning_rate), saved.get("max_steps", config.max_steps),
         saved.get("warmup_steps", config.warmup_steps),
         saved.get("lr_schedule", config.lr_schedule))(step))
-    what = (f"the schedule of the new {', '.join(f'--{n}' for n in changed)} from here "
-            f"(the old one was at {was:.3g})")
+    now = float(schedule(step))
+    what = f"the schedule of the new {', '.join(f'--{n}' for n in changed)} from here"
+    if abs(now - was) > 1e-6 * max(now, was):
+      what += f" (the old one was at {was:.3g})"
     lr_restart.assign([-1.0, 0.0])
   return (f"Learning rate: {what}: {float(schedule(step)):.3g} at step {step + 1}, "
           f"{float(schedule(config.max_steps - 1)):.3g} at step {config.max_steps}")
