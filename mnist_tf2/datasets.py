@@ -16,8 +16,9 @@ normalising a whole batch at a time: cheap per step. The order is a function of
 the seed alone (`stream_indices`), so a resumed run starts reading at the
 position the checkpoint's count of examples read gives (see
 `train_dataset(start=...)`): nothing of the pipeline needs checkpointing, and
-the XLA training loop (trainer.py) can gather the very same batches itself. Training batches may be randomly distorted
-(`augment.Augmentation`: shift, rotation, zoom, elastic), with stateless randomness
+the XLA training loop (trainer.py) can gather the very same batches itself.
+Training batches may be randomly distorted (`augment.Augmentation`: shift,
+rotation, zoom, elastic), with stateless randomness
 keyed by (seed, position in the stream) so that a resumed run sees the same
 distortions (see `augment`); evaluation batches never are.
 """

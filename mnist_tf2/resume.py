@@ -70,7 +70,7 @@ def continue_schedule(config, saved, step, optimizer, lr_restart) -> str:
   """Applies the learning-rate rule of a resumed run; returns the line saying what it does.
 
   The rule: unchanged schedule flags continue the schedule exactly. If only
-  --max_steps changed, a decaying schedule continues from the rate the next
+  --max_steps changed (and --warmup_steps, once the warm-up is over), a decaying schedule continues from the rate the next
   step would have had and decays, in the same shape, to 0 at the new
   --max_steps (no jump); if that rate is already 0 (the decay had ended), it
   restarts from the peak --learning_rate (a warm restart, as in SGDR). During
@@ -86,8 +86,9 @@ def continue_schedule(config, saved, step, optimizer, lr_restart) -> str:
     what = "continues its schedule"
     if restart_step >= 0:
       schedule.restart_at(int(restart_step), float(restart_value))
-  elif changed == ["max_steps"] and config.lr_schedule != "constant" and (
-      step >= config.warmup_steps):
+  elif ("max_steps" in changed and set(changed) <= {"max_steps", "warmup_steps"}
+        and config.lr_schedule != "constant" and step >= saved["warmup_steps"]):
+    # (A preset's warm-up scales with --max_steps; once it is over, it no longer matters.)
     old = optimizers.WarmupSchedule(saved["learning_rate"], saved["max_steps"],
                                     saved["warmup_steps"], saved["lr_schedule"])
     if restart_step >= 0:
