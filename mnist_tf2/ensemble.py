@@ -22,10 +22,17 @@ def parse_workdirs(text: str) -> list[str]:
   repeated = sorted({name for name in workdirs if workdirs.count(name) > 1})
   if repeated:
     raise UserError(f"--workdir names {', '.join(repeated)} more than once")
-  for name in workdirs:  # Checked here, before TensorFlow loads: a typo answers at once.
+  return workdirs
+
+
+def check_directories(workdirs: list[str]) -> None:
+  """Raises a one-line UserError for a workdir that is not a directory.
+
+  The commands call it before TensorFlow loads, so a typo answers at once.
+  """
+  for name in workdirs:
     if not os.path.isdir(name):
       raise UserError(f"--workdir={name} is not a directory")
-  return workdirs
 
 
 def data_fields(config) -> dict:

@@ -14,6 +14,7 @@ from mnist_tf2 import devices
 from mnist_tf2.constants import NUM_CLASSES
 from mnist_tf2.constants import SPLIT_TITLES
 from mnist_tf2.constants import SPLITS
+from mnist_tf2.ensemble import check_directories
 from mnist_tf2.ensemble import parse_workdirs
 from mnist_tf2.errors import UserError
 from mnist_tf2.metrics import Metrics
@@ -172,6 +173,7 @@ def main(argv):
   del argv  # cli.run refused positional arguments.
   splits = parse_splits(flags.FLAGS.splits)
   workdirs = parse_workdirs(flags.FLAGS.workdir)
+  check_directories(workdirs)
   cli.import_tensorflow()
   devices.set_log_device_placement(flags.FLAGS.log_device_placement)
   if len(workdirs) == 1:

@@ -39,6 +39,7 @@ from absl import flags
 
 from mnist_tf2 import cli
 from mnist_tf2.constants import IMAGE_SHAPE
+from mnist_tf2.ensemble import check_directories
 from mnist_tf2.ensemble import parse_workdirs
 from mnist_tf2.errors import UserError
 from mnist_tf2.errors import first_line
@@ -249,6 +250,7 @@ def main(argv):
   if flag_values.quantize != "none":
     raise UserError("--quantize applies to --format=litert only")
   workdirs = parse_workdirs(flag_values.workdir)
+  check_directories(workdirs)
   check_export_dir(flag_values.export_dir, flag_values.overwrite)
   cli.import_tensorflow()
   if len(workdirs) > 1:
