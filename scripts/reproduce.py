@@ -42,16 +42,21 @@ sys.path.insert(0, REPO)
 from mnist_tf2 import config as config_lib  # pylint: disable=g-import-not-at-top
 from mnist_tf2.errors import UserError  # pylint: disable=g-import-not-at-top
 
-flags.DEFINE_list("models", ["softmax", "mlp", "cnn"], "Models to run.")
-flags.DEFINE_list("presets", ["seed", "default"], "Presets to run for every model that has "
-                  "them (e.g. seed_sgd exists for the cnn only).")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every (model, preset) runs once each.")
-flags.DEFINE_string("output_dir", "/tmp/mnist_tf2/reproduce", "Workdirs, logs and the "
-                    "results.md / results.json tables go here.")
-flags.DEFINE_bool("plots", False, "Also draw frontier.png and validation_curves.png in "
-                  "--output_dir (needs matplotlib).")
-flags.DEFINE_integer("eval_every", 0, "Give the runs --eval_every=N (0: the presets' own), "
-                     "for points on the validation curves.")
+def define_flags() -> None:
+  """The script's flags; defined only when it runs, so importing it (the tests do) does
+  not clash with the training flags of the same names (--eval_every)."""
+  flags.DEFINE_list("models", ["softmax", "mlp", "cnn"], "Models to run.")
+  flags.DEFINE_list("presets", ["seed", "default"], "Presets to run for every model that has "
+                    "them (e.g. seed_sgd exists for the cnn only).")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every (model, preset) runs once each.")
+  flags.DEFINE_string("output_dir", "/tmp/mnist_tf2/reproduce", "Workdirs, logs and the "
+                      "results.md / results.json tables go here.")
+  flags.DEFINE_bool("plots", False, "Also draw frontier.png and validation_curves.png in "
+                    "--output_dir (needs matplotlib).")
+  flags.DEFINE_integer("eval_every", 0, "Give the runs --eval_every=N (0: the presets' own), "
+                       "for points on the validation curves.")
+
+
 FLAGS = flags.FLAGS
 
 SPLITS = ("validation", "test")
@@ -345,4 +350,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
