@@ -74,6 +74,11 @@ class WorkdirLock:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
       holder = _read_holder(fd)
+      for _ in range(20):  # A holder that locked an instant ago writes its record next.
+        if holder:
+          break
+        time.sleep(0.05)
+        holder = _read_holder(fd)
       os.close(fd)
       raise UserError(f"--workdir={self.workdir} is in use by another training run "
                       f"({_describe(holder)}; lock {self.path}); wait for it to finish or "

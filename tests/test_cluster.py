@@ -262,3 +262,21 @@ def test_a_reader_gets_a_complete_checkpoint_while_a_run_rotates_them(tmp_path, 
   monkeypatch.setattr(checkpoints, "read_all_tensors", read_while_the_run_saves)
   assert reader.restore_or_initialize(partial=True) == str(tmp_path / "ckpt-4")
   assert "unreadable" not in capsys.readouterr().out
+
+
+def test_a_run_refused_an_instant_after_the_holder_locked_still_names_it(tmp_path):
+  # Two runs started together: the loser may read the lock before the winner wrote its record.
+  import fcntl
+  import threading
+  path = tmp_path / "train.lock"
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  record = json.dumps({"pid": 4242, "host": "h1", "started": time.time()}) + "\n"
+  writer = threading.Timer(0.2, lambda: os.pwrite(fd, record.encode(), 0))
+  writer.start()
+  try:
+    with pytest.raises(UserError, match=r"\(PID 4242 on host h1, started "):
+      lock.WorkdirLock(str(tmp_path)).acquire()
+  finally:
+    writer.join()
+    os.close(fd)
