@@ -24,6 +24,7 @@ import re
 import sys
 import tempfile
 import textwrap
+import warnings
 from typing import Callable, Iterable
 
 from absl import app
@@ -83,6 +84,9 @@ def import_tensorflow():
     return tf
   # Lines written after start-up respect the level: no INFO or WARNING lines.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # tf.data warns on every distributed dataset whose options it cannot carry
+  # across a serialization boundary; ours sets none that matter there.
+  warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data options")
   with _captured_stderr() as captured:
     import keras  # pylint: disable=g-import-not-at-top,unused-import
     import tensorflow as tf  # pylint: disable=g-import-not-at-top

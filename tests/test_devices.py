@@ -159,3 +159,13 @@ def test_train_step_and_variables_on_the_chosen_cpu(tmp_path):
   matmuls = [device for name, device in placements(result.stdout) if name.endswith("MatMul")]
   assert matmuls and set(matmuls) == {"CPU:0"}
   assert re.search(r"Executing op \w+ in device \S+/device:CPU:0", result.stderr)
+
+
+def test_a_run_on_chosen_devices_prints_no_python_warning(tmp_path):
+  # A distributed tf.data pipeline warned (UserWarning on stderr) on the first screen.
+  result = run_module("mnist_tf2.train", "--model=mlp", "--preset=smoke", "--fake_data",
+                      "--max_steps=4", "--num_cpu_devices=2", "--devices=/cpu:0,/cpu:1",
+                      f"--workdir={tmp_path}", timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "Devices: /cpu:0, /cpu:1 (2 replicas)" in result.stdout
+  assert "Warning" not in result.stderr, result.stderr
