@@ -39,6 +39,8 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# As mnist_tf2/__init__.py does (TensorFlow is imported here first): oneDNN on.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # PyTorch's OpenMP threads busy-wait between parallel regions by default; on a machine
 # shared with other processes they then fight for the cores and eager PyTorch ran 20-50x
 # slower here. Passive waiting is what a PyTorch user on a shared machine would set; it

@@ -18,6 +18,8 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# As mnist_tf2/__init__.py does (TensorFlow is imported here first): oneDNN on.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from absl import app  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import flags
