@@ -50,3 +50,16 @@ def bf16_units(path="/proc/cpuinfo") -> str:
   """The CPU's bfloat16 units ("AMX", "AVX512-BF16", "Arm BF16"), or "" if it has none."""
   flags = _cpuinfo(path)[1]
   return next((name for flag, name in BF16_UNITS.items() if flag in flags), "")
+
+
+def onednn_enabled() -> bool | None:
+  """Whether TensorFlow runs its oneDNN kernels (mnist_tf2/__init__.py turns them on).
+
+  None if this TensorFlow cannot say (the answer comes from a private module).
+  Imports TensorFlow.
+  """
+  try:
+    from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+    return bool(_pywrap_util_port.IsMklEnabled())
+  except (ImportError, AttributeError):
+    return None

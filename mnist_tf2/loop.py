@@ -25,6 +25,7 @@ from mnist_tf2 import datasets
 from mnist_tf2 import devices
 from mnist_tf2 import distribute
 from mnist_tf2 import export
+from mnist_tf2 import hardware
 from mnist_tf2 import lock
 from mnist_tf2 import resume
 from mnist_tf2 import summaries as summaries_lib
@@ -164,9 +165,10 @@ class Controller:
     policy = self.model.dtype_policy
     xla = self.trainer.xla if self.config.jit_compile else "off"
     loss_scaling = ", loss scaling" if self.trainer.loss_scaling else ""
+    onednn = {True: "; oneDNN on", False: "; oneDNN off", None: ""}[hardware.onednn_enabled()]
     print(f"Strategy {type(self.strategy).__name__}; dtype policy {policy.name} (compute "
           f"{policy.compute_dtype}, variables {policy.variable_dtype}{loss_scaling})"
-          f"{distribute.precision_note(self.config)}; XLA {xla}")
+          f"{distribute.precision_note(self.config)}; XLA {xla}{onednn}")
 
   def _restore(self):
     # Every worker restores the chief's newest checkpoint (the workdir is

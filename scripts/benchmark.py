@@ -420,6 +420,7 @@ def machine():
       "cpu_model": hardware.cpu_model(),
       "cpu_flags": hardware.cpu_flags(),
       "bf16_units": hardware.bf16_units() or "none",
+      "onednn": hardware.onednn_enabled(),
       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
       "date": time.strftime("%Y-%m-%d %H:%M"),
   }
@@ -594,7 +595,9 @@ def format_table(results) -> str:
   ]
   width = max(len(name) for name, _ in rows)
   m = r["machine_before"]
-  lines = [f"{m['cpu_model']} ({' '.join(m['cpu_flags'])}; bfloat16 units: {m['bf16_units']}); "
+  onednn = {True: "on", False: "off"}.get(m.get("onednn"), "?")
+  lines = [f"{m['cpu_model']} ({' '.join(m['cpu_flags'])}; bfloat16 units: {m['bf16_units']}; "
+           f"oneDNN {onednn}); "
            + ", ".join([f"tensorflow {m['tensorflow']}, keras {m['keras']}"]
                        + [f["version"] for f in r["peers"].values()])]
   lines += [f"{r['model']}, batch {r['batch_size']}, medians of {r['rounds']} rounds, "

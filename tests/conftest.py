@@ -7,6 +7,10 @@ import sys
 
 import pytest
 
+# Before any test module imports TensorFlow: the package turns TensorFlow's oneDNN
+# kernels on, as it does for every command (mnist_tf2/__init__.py).
+import mnist_tf2  # pylint: disable=unused-import
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

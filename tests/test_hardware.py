@@ -1,10 +1,16 @@
 """CPU detection (hardware.py) and the precision --auto_mixed_precision picks from it."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from mnist_tf2 import config as config_lib
 from mnist_tf2 import distribute
 from mnist_tf2 import hardware
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Trimmed from /proc/cpuinfo of the machines named.
 CPUINFO = {
@@ -57,3 +63,16 @@ def test_auto_mixed_precision_follows_the_cpu(units, policy, note, monkeypatch):
   plain = config.replace(auto_mixed_precision=False)
   assert distribute.precision_policy(plain) == "float32"
   assert distribute.precision_note(plain) == ""
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "True"), ("0", "False"), ("1", "True")])
+def test_onednn_is_on_unless_the_environment_turns_it_off(setting, expected):
+  """TensorFlow leaves oneDNN off on CPUs without AVX-512 VNNI; importing mnist_tf2 turns it on."""
+  env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+  if setting is not None:
+    env["TF_ENABLE_ONEDNN_OPTS"] = setting
+  result = subprocess.run(
+      [sys.executable, "-c", "import mnist_tf2\nfrom mnist_tf2 import hardware\n"
+       "print(hardware.onednn_enabled())"],
+      cwd=REPO, env=env, capture_output=True, text=True, check=True)
+  assert result.stdout.split()[-1] == expected
