@@ -59,8 +59,8 @@ What differs from the originals, and in which direction:
   scripts/benchmark.py does: PyTorch's OpenMP threads otherwise busy-wait
   between parallel regions, and on a machine shared with other processes they
   then fight for the cores (eager PyTorch ran 20-50x slower here). On an idle
-  machine it changes little; `OMP_WAIT_POLICY=ACTIVE` in the environment gives
-  the stock behaviour. The example's "Train Epoch" log line every 10 batches
+  machine it should change little; --noomp_passive leaves the environment as
+  given, i.e. stock (libgomp's default: spin a while, then sleep). The example's "Train Epoch" log line every 10 batches
   and its "Test set" line are replaced by the one line per epoch above.
 * keras: TF_ENABLE_ONEDNN_OPTS=1 is set (unless already set), as
   mnist_tf2/__init__.py does for this project's own runs, so the two compare on
@@ -135,6 +135,8 @@ flags.DEFINE_integer("test_examples", 0, "Test on the first N test images (0: al
                      "For quick checks.")
 flags.DEFINE_float("start_time", None, "The run's start as seconds since the epoch "
                    "(e.g. $(date +%s.%N) in the parent); default: this process's start.")
+flags.DEFINE_bool("omp_passive", True, "torch: set OMP_WAIT_POLICY=PASSIVE unless it is set "
+                  "(see the docstring); --noomp_passive: leave the environment as given.")
 flags.DEFINE_string("output", "", "Write the timeline and the machine's figures as JSON here.")
 flags.mark_flag_as_required("example")
 FLAGS = flags.FLAGS
@@ -182,8 +184,9 @@ class Timeline:
 
 def run_torch(load_data, epochs, seed, timeline):
   """pytorch/examples mnist/main.py on a CPU; returns figures for the JSON."""
-  # Read by the OpenMP runtime when torch loads it: before the import (see the docstring).
-  os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+  if FLAGS.omp_passive:
+    # Read by the OpenMP runtime when torch loads it: before the import (see the docstring).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
