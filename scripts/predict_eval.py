@@ -361,6 +361,8 @@ def time_large_jpeg(seed: int, repeats: int = 5) -> float:
 
 
 def evaluate(export_dir, num_digits, seed, conditions, save_dir="") -> None:
+  from mnist_tf2 import cli  # pylint: disable=g-import-not-at-top
+  cli.import_tensorflow()  # Without TensorFlow's start-up notices, as the commands.
   from mnist_tf2 import predict  # pylint: disable=g-import-not-at-top
   images, labels = _mnist("t10k")
   sample = np.sort(np.random.default_rng(seed).choice(len(images), num_digits, replace=False))
