@@ -31,6 +31,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mnist_tf2 import hardware
 from mnist_tf2.errors import UserError
 from mnist_tf2.errors import one_line_errors
 
@@ -77,6 +78,10 @@ def import_tensorflow():
   notices (`_START_UP_NOISE`) are then written to stderr, so a real problem
   still shows. With `tf_logs_wanted()`, nothing is captured.
   """
+  # Also here, not only in mnist_tf2/__init__.py: a directory named mnist_tf2 in
+  # the working directory (e.g. /tmp/mnist_tf2, the default workdirs' parent) makes
+  # Python import the package without running its __init__.py.
+  hardware.enable_onednn()
   if "tensorflow" in sys.modules or tf_logs_wanted():
     if tf_logs_wanted():
       os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"

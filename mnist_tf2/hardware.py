@@ -9,6 +9,7 @@ float32 is assumed.
 """
 
 import functools
+import os
 
 # /proc/cpuinfo flag -> the name of the bfloat16 units it announces, best first.
 BF16_UNITS = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16", "bf16": "Arm BF16"}
@@ -50,6 +51,18 @@ def bf16_units(path="/proc/cpuinfo") -> str:
   """The CPU's bfloat16 units ("AMX", "AVX512-BF16", "Arm BF16"), or "" if it has none."""
   flags = _cpuinfo(path)[1]
   return next((name for flag, name in BF16_UNITS.items() if flag in flags), "")
+
+
+def enable_onednn() -> None:
+  """Asks TensorFlow for its oneDNN kernels, unless TF_ENABLE_ONEDNN_OPTS is set.
+
+  TensorFlow turns them on by default only on CPUs with AVX-512 VNNI or newer
+  (TensorFlow RFC 400). Elsewhere, e.g. on AVX2-only CPUs, it runs the cnn's
+  convolutions with Eigen at about half the speed (docs/PERFORMANCE.md). Takes
+  effect only before TensorFlow is imported; TF_ENABLE_ONEDNN_OPTS=0 in the
+  environment keeps them off.
+  """
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 def onednn_enabled() -> bool | None:
