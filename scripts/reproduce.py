@@ -21,6 +21,7 @@ retrained, and an interrupted one resumes from its checkpoint, so a long
 reproduction can be continued; a workdir that holds another config is refused.
 """
 
+import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -55,11 +56,20 @@ def define_flags() -> None:
                     "--output_dir (needs matplotlib).")
   flags.DEFINE_integer("eval_every", 0, "Give the runs --eval_every=N (0: the presets' own), "
                        "for points on the validation curves.")
+  flags.DEFINE_bool("reuse_only", False, "Train nothing: tabulate and plot the finished runs "
+                    "in --output_dir and skip the others (e.g. to put runs made by several "
+                    "calls, or copied in, into one table and one frontier).")
 
 
 FLAGS = flags.FLAGS
 
 SPLITS = ("validation", "test")
+# Fields that say where a run writes and how often it reports, not what it trains
+# (resuming is exact, so checkpoints do not change the weights either): a run
+# that differs only in these is reused. A field missing from a saved config did
+# not exist yet when it ran, i.e. the run had its default.
+BOOKKEEPING = ("workdir", "eval_every", "log_every", "checkpoint_every", "histogram_every",
+               "max_to_keep", "summaries", "profile_steps", "export_dir", "log_device_placement")
 # Every run evaluates only what the table reports; the 55,000-image training
 # split would cost more than the other two together.
 OVERRIDES = {"eval_splits": ",".join(SPLITS)}
@@ -87,13 +97,24 @@ def workdir_of(output_dir, model, preset, seed):
   return os.path.join(output_dir, f"{model}-{preset}-seed{seed}")
 
 
-def run(model, preset, seed, output_dir, overrides=None):
+def same_training(saved, config):
+  """Whether a saved config.json trains what `config` (a Config.to_dict()) trains."""
+  defaults = {field.name: field.default for field in dataclasses.fields(config_lib.Config)
+              if field.default is not dataclasses.MISSING}
+  saved = {**{name: defaults[name] for name in config if name in defaults}, **saved}
+  return ({k: v for k, v in saved.items() if k not in BOOKKEEPING}
+          == {k: v for k, v in config.items() if k not in BOOKKEEPING})
+
+
+def run(model, preset, seed, output_dir, overrides=None, reuse_only=False):
   """Trains one (model, preset, seed) unless it is already done.
 
-  `overrides` (default `OVERRIDES`) are the flags given to every run.
+  `overrides` (default `OVERRIDES`) are the flags given to every run. With
+  `reuse_only`, a run not done is skipped.
 
   Returns:
-    (the run's results.json, whether it was reused rather than trained now).
+    (the run's results.json, whether it was reused rather than trained now);
+    (None, None) for a run skipped with `reuse_only`.
   """
   overrides = OVERRIDES if overrides is None else overrides
   workdir = workdir_of(output_dir, model, preset, seed)
@@ -103,13 +124,17 @@ def run(model, preset, seed, output_dir, overrides=None):
   results_path = os.path.join(workdir, "results.json")
   if os.path.exists(config_path):
     with open(config_path) as f:
-      if json.load(f) != config:
+      if not same_training(json.load(f), config):
         raise UserError(f"{workdir} holds a run of another config (was the preset edited?); "
                         "remove it or choose another --output_dir")
     if os.path.exists(results_path):
       print(f"{model} {preset} seed {seed}: reusing {results_path}", flush=True)
       with open(results_path) as f:
         return json.load(f), True
+  if reuse_only:
+    print(f"{model} {preset} seed {seed}: no finished run in {workdir}, skipped "
+          "(--reuse_only)", flush=True)
+    return None, None
   log_path = f"{workdir}.log"
   command = [sys.executable, "-m", "mnist_tf2.train", f"--model={model}",
              f"--preset={preset}", f"--seed={seed}", f"--workdir={workdir}",
@@ -312,7 +337,13 @@ def main(argv):
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     load_before = os.getloadavg()[0]
     start = time.time()
-    runs, reused = zip(*[run(*planned, FLAGS.output_dir, overrides) for planned in runs_to_do])
+    done = [(planned, *run(*planned, FLAGS.output_dir, overrides, FLAGS.reuse_only))
+            for planned in runs_to_do]
+    runs_to_do = [planned for planned, results, _ in done if results is not None]
+    if not runs_to_do:
+      raise UserError(f"no finished run in {FLAGS.output_dir} (--reuse_only)")
+    runs, reused = zip(*[(results, was_reused) for _, results, was_reused in done
+                         if results is not None])
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -95,6 +95,22 @@ def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
   assert "0 run(s) trained in this call" in again.stdout and "2 reused" in again.stdout
   assert json.loads((output_dir / "results.json").read_text())["rows"][0]["test"] == row["test"]
 
+  # --reuse_only trains nothing: seed 2 has no run and is skipped. A run saved before a
+  # field existed (missing from its config.json), or with other reporting cadences, counts.
+  config_path = output_dir / "softmax-smoke-seed0" / "config.json"
+  config = json.loads(config_path.read_text())
+  del config["cluster_timeout"]
+  config_path.write_text(json.dumps(dict(config, eval_every=7, log_every=7)))
+  only = run_script("--models=softmax", "--presets=smoke", "--seeds=0,1,2", "--reuse_only",
+                    f"--output_dir={output_dir}", cwd=tmp_path)
+  assert only.returncode == 0, only.stderr
+  assert "softmax smoke seed 2: no finished run" in only.stdout
+  assert not (output_dir / "softmax-smoke-seed2").exists()
+  assert "| softmax | `smoke` | 20 × 32 | 2 |" in only.stdout
+  none = run_script("--models=mlp", "--presets=smoke", "--seeds=0", "--reuse_only",
+                    f"--output_dir={output_dir}", cwd=tmp_path)
+  assert none.returncode == 2 and "no finished run in" in none.stderr
+
   # A workdir left by another config is refused, not resumed or overwritten.
   config_path = output_dir / "softmax-smoke-seed1" / "config.json"
   config = json.loads(config_path.read_text())
