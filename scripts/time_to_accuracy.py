@@ -14,12 +14,18 @@ are part of the time. Also reported per run: the CPU seconds (user + system,
 of the process and its children), a figure a busy machine distorts less than
 the wall time, and the load average before and after. Medians are over seeds,
 and only if every seed reached the target.
+
+Each run trains in a temporary workdir (/tmp/tta-*, ~38 MB for the cnn), removed
+when the run ends; --keep_workdirs keeps them and prints where. A run that
+fails stops the script with one `error:` line that quotes the run's own error.
 """
 
 import json
 import os
 import re
 import resource
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,10 +43,27 @@ flags.DEFINE_integer("eval_every", 0, "Evaluate the test set every N steps (0: a
                      "does, at its end).")
 flags.DEFINE_list("extra_flags", [], "More flags for every run, e.g. --max_steps=10.")
 flags.DEFINE_string("output", "", "Write the results as JSON to this file.")
+flags.DEFINE_bool("keep_workdirs", False, "Keep each run's temporary workdir (checkpoints, "
+                  "config) and print where; by default it is removed when the run ends.")
 FLAGS = flags.FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACCURACY = re.compile(r"Precision @ 1: ([0-9.]+)")
+# A line that says what went wrong: our commands' `error: ...`, absl's flag errors,
+# the last line of a Python traceback (`ValueError: ...`).
+ERROR_LINE = re.compile(r"^(error\b|\w*(Error|Exception)\b|FATAL)", re.I)
+
+
+class RunFailed(Exception):
+  """A training run exited with a failure; the message is one line."""
+
+
+def error_of(stderr: str, stdout_lines: list[str]) -> str:
+  """The child's own words for why it failed: its last error line, else its last line."""
+  lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+  errors = [line for line in lines if ERROR_LINE.match(line)]
+  line = (errors or lines or [l for l in stdout_lines if l.strip()] or ["(no output)"])[-1]
+  return re.sub(r"^error:\s*", "", line)
 
 
 def cpu_seconds_of_children() -> float:
@@ -48,9 +71,30 @@ def cpu_seconds_of_children() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
-def time_run(model, preset, seed, eval_every, extra_flags):
-  """Runs one training process; returns its timeline and figures."""
+def time_run(model, preset, seed, eval_every, extra_flags, keep_workdir=False):
+  """Runs one training process in a temporary workdir; returns its timeline and figures.
+
+  The workdir is removed afterwards unless `keep_workdir`.
+
+  Raises:
+    RunFailed: the process failed; the message quotes its last error line.
+  """
   workdir = tempfile.mkdtemp(prefix=f"tta-{model}-{preset}-{seed}-")
+  try:
+    run = _time_run_in(workdir, model, preset, seed, eval_every, extra_flags)
+  except RunFailed as e:
+    if keep_workdir:
+      raise RunFailed(f"{e} (its workdir is kept: {workdir})") from None
+    raise
+  finally:
+    if not keep_workdir:
+      shutil.rmtree(workdir, ignore_errors=True)
+  if keep_workdir:
+    run["workdir"] = workdir
+  return run
+
+
+def _time_run_in(workdir, model, preset, seed, eval_every, extra_flags):
   command = [sys.executable, "-m", "mnist_tf2.train", f"--model={model}", f"--preset={preset}",
              f"--seed={seed}", f"--workdir={workdir}", *extra_flags]
   if eval_every:
@@ -58,18 +102,24 @@ def time_run(model, preset, seed, eval_every, extra_flags):
   load_before = os.getloadavg()
   cpu_before = cpu_seconds_of_children()
   start = time.perf_counter()
-  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
-  timeline, in_test, lines = [], False, []
-  for line in process.stdout:
-    lines.append(line.rstrip())
-    if line.startswith("Test Data Eval"):
-      in_test = True
-    elif in_test and (match := ACCURACY.search(line)):
-      timeline.append((round(time.perf_counter() - start, 3), float(match.group(1))))
-      in_test = False
-  if process.wait():
-    raise RuntimeError(f"{' '.join(command)} failed:\n" + "\n".join(lines[-10:]))
+  # stderr goes to a file, not a pipe: read only at the end, a pipe could fill
+  # up and stall the run; kept to say why a run failed.
+  with tempfile.TemporaryFile(mode="w+") as stderr:
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr,
+                               text=True)
+    timeline, in_test, lines = [], False, []
+    for line in process.stdout:
+      lines.append(line.rstrip())
+      if line.startswith("Test Data Eval"):
+        in_test = True
+      elif in_test and (match := ACCURACY.search(line)):
+        timeline.append((round(time.perf_counter() - start, 3), float(match.group(1))))
+        in_test = False
+    if process.wait():
+      stderr.seek(0)
+      shown = shlex.join(["python", *command[1:]])
+      raise RunFailed(f"{model} {preset} seed {seed} failed (exit status {process.returncode}): "
+                      f"{error_of(stderr.read(), lines)}; the command was: {shown}")
   return {
       "seed": seed,
       "wall_seconds": round(time.perf_counter() - start, 3),
@@ -107,11 +157,18 @@ def main(argv):
   for preset in FLAGS.presets:
     runs = []
     for seed in FLAGS.seeds:
-      run = time_run(FLAGS.model, preset, int(seed), FLAGS.eval_every, FLAGS.extra_flags)
+      try:
+        run = time_run(FLAGS.model, preset, int(seed), FLAGS.eval_every, FLAGS.extra_flags,
+                       FLAGS.keep_workdirs)
+      except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
       runs.append(run)
       print(f"{FLAGS.model} {preset} seed {seed}: test {run['final_test_accuracy']}, "
             f"{run['wall_seconds']:.1f} s wall, {run['cpu_seconds']:.1f} CPU s, load "
             f"{run['load_average_1_5_15'][0]} -> {run['load_average_1_5_15'][1]}", flush=True)
+      if FLAGS.keep_workdirs:
+        print(f"  its workdir is kept: {run['workdir']}", flush=True)
     summary = summarize(runs, targets)
     results["presets"][preset] = {"runs": runs, "summary": summary}
     for target in targets:
