@@ -66,12 +66,12 @@ What differs from the originals, and in which direction:
   mnist_tf2/__init__.py does for this project's own runs, so the two compare on
   the same kernels. TensorFlow on its own turns oneDNN on only on CPUs with
   AVX-512 VNNI or newer; on others (e.g. AVX2 only) a stock user gets Eigen's
-  convolutions (this project's cnn trained 1.8x faster with oneDNN on an AVX2
-  machine), so there this anchor is the Keras example at its better setting;
-  `TF_ENABLE_ONEDNN_OPTS=0` in the environment gives the stock behaviour on such
-  CPUs. `fit` runs with verbose=0 (no progress bar) and the per-epoch test
-  evaluation is added (above). The Keras backend is whatever KERAS_BACKEND
-  says (TensorFlow by default), and recorded.
+  convolutions (this project's cnn trained 1.9x faster with oneDNN on an AVX2
+  machine; docs/PERFORMANCE.md), so there this anchor is the Keras example at
+  its better setting; `TF_ENABLE_ONEDNN_OPTS=0` in the environment gives the
+  stock behaviour on such CPUs. `fit` runs with verbose=0 (no progress bar)
+  and the per-epoch test evaluation is added (above). The Keras backend is
+  whatever KERAS_BACKEND says (TensorFlow by default), and recorded.
 
 --train_examples and --test_examples (the first N images) are for quick checks
 only; a measurement uses the defaults.
