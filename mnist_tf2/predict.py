@@ -142,12 +142,18 @@ def format_record(record: dict) -> str:
   return f"{record['file']}: {guesses}"
 
 
+# Decimals of the probabilities in --json: a float32's 0.9673320651054382 is noise
+# past the fourth (the text output shows three).
+JSON_DECIMALS = 4
+
+
 def json_record(record: dict) -> str:
   if "error" in record:
     return json.dumps({"file": record["file"], "error": record["error"]})
   best, p = record["top_k"][0]
-  answer = {"file": record["file"], "class": best, "probability": p,
-            "top_k": [{"class": c, "probability": q} for c, q in record["top_k"]],
+  answer = {"file": record["file"], "class": best, "probability": round(float(p), JSON_DECIMALS),
+            "top_k": [{"class": c, "probability": round(float(q), JSON_DECIMALS)}
+                      for c, q in record["top_k"]],
             **record.get("found", {})}
   if "input_png" in record:
     answer["input_png"] = record["input_png"]
@@ -180,7 +186,8 @@ def make_directory(path: str) -> None:
 
 def define_flags() -> None:
   flags.DEFINE_string("export_dir", "", "The SavedModel written by mnist_tf2.export.")
-  flags.DEFINE_bool("json", False, "Print one JSON object per file instead of text.")
+  flags.DEFINE_bool("json", False, "Print one JSON object per file instead of text "
+                    f"(probabilities to {JSON_DECIMALS} decimals).")
   flags.DEFINE_integer("top_k", 1, "How many of the most probable digits to print (1-10).")
   flags.DEFINE_string("save_inputs", "", "Write the 28x28 image the model saw for each file "
                       "as DIR/NAME.mnist.png (created if missing).")

@@ -422,6 +422,7 @@ def test_report_as_json_and_text(trained, tmp_path, capsys):
   assert answer["file"] == good[0] and answer["class"] == trained.test.labels[0]
   assert [g["class"] for g in answer["top_k"]][0] == answer["class"]
   assert len(answer["top_k"]) == 3 and answer["top_k"][0]["probability"] == answer["probability"]
+  assert all(g["probability"] == round(g["probability"], 4) for g in answer["top_k"])
   assert failure == {"file": missing, "error": "no such file"}
   assert err == f"error: {missing}: no such file\n"
 
@@ -429,6 +430,16 @@ def test_report_as_json_and_text(trained, tmp_path, capsys):
   out, _ = capsys.readouterr()
   assert re.fullmatch(rf"{re.escape(good[0])}: {answer['class']} \(p=\d\.\d{{3}}\), "
                       r"\d \(p=\d\.\d{3}\), \d \(p=\d\.\d{3}\)\n", out), out
+
+
+def test_json_probabilities_have_four_decimals():
+  record = {"file": "seven.png", "top_k": [(7, np.float32(0.9673320651054382)),
+                                           (1, 0.03266793489456177)]}
+  line = predict.json_record(record)
+  assert json.loads(line) == {"file": "seven.png", "class": 7, "probability": 0.9673,
+                              "top_k": [{"class": 7, "probability": 0.9673},
+                                        {"class": 1, "probability": 0.0327}]}
+  assert "0.96733" not in line
 
 
 def test_predict_refuses_what_is_not_a_saved_model(tmp_path):
