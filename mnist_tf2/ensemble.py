@@ -51,10 +51,13 @@ def check_same_data(workdirs, configs) -> None:
     found = data_fields(config)
     if found != expected:
       differ = [name for name in {**expected, **found} if expected.get(name) != found.get(name)]
-      raise UserError(
-          f"ensemble members must share the data: {workdirs[0]} has "
-          f"{', '.join(f'{name}={expected.get(name)!r}' for name in differ)}, {workdir} has "
-          f"{', '.join(f'{name}={found.get(name)!r}' for name in differ)}")
+
+      def shown(fields):
+        # Only the fields of the member's own source: a bundled run has no fake_examples.
+        return ", ".join(f"{name}={fields[name]!r}" for name in differ if name in fields)
+
+      raise UserError(f"ensemble members must share the data: {workdirs[0]} has "
+                      f"{shown(expected)}, {workdir} has {shown(found)}")
 
 
 def restore_members(workdirs) -> list:

@@ -46,6 +46,9 @@ from mnist_tf2.errors import first_line
 
 SIGNATURE_KEY = "serving_default"
 UINT8_SIGNATURE_KEY = "serving_uint8"
+# What the export message says of any SavedModel it wrote, one model's or an ensemble's.
+SIGNATURES_SHOWN = (f"(signatures {SIGNATURE_KEY}: float32 pixels in [0, 1]; "
+                    f"{UINT8_SIGNATURE_KEY}: uint8 0-255)")
 OUT_OF_RANGE = ("images must be float32 pixels in [0, 1] (0 = background, 1 = ink); "
                 "divide 0-255 grey levels by 255, or send uint8 to the "
                 f"{UINT8_SIGNATURE_KEY} signature")
@@ -257,13 +260,12 @@ def main(argv):
     members = export_ensemble(workdirs, flag_values.export_dir, flag_values.overwrite)
     print(f"Exported the ensemble of {len(members)} models "
           f"({', '.join(member.checkpoint for member in members)}) to "
-          f"{os.path.abspath(flag_values.export_dir)}")
+          f"{os.path.abspath(flag_values.export_dir)} {SIGNATURES_SHOWN}")
     return
   restored = export_workdir(workdirs[0], flag_values.export_dir, flag_values.overwrite)
   step = "" if restored.step is None else f" (step {restored.step})"
   print(f"Exported the {restored.config.model} model of {restored.checkpoint}{step} to "
-        f"{os.path.abspath(flag_values.export_dir)} (signatures {SIGNATURE_KEY}: float32 "
-        f"pixels in [0, 1]; {UINT8_SIGNATURE_KEY}: uint8 0-255)")
+        f"{os.path.abspath(flag_values.export_dir)} {SIGNATURES_SHOWN}")
 
 
 if __name__ == "__main__":

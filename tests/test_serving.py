@@ -165,7 +165,9 @@ def test_export_command_refuses_to_overwrite_without_flag(trained, tmp_path):
   first = run_module("mnist_tf2.export", f"--workdir={trained.workdir}",
                      f"--export_dir={target}", timeout=120)
   assert first.returncode == 0, first.stderr[-2000:]
-  assert f"ckpt-300 (step 300) to {target}" in first.stdout
+  assert first.stdout.endswith(
+      f"ckpt-300 (step 300) to {target} (signatures serving_default: float32 pixels in "
+      "[0, 1]; serving_uint8: uint8 0-255)\n"), first.stdout
   saved = (target / "saved_model.pb").read_bytes()
 
   again = run_module("mnist_tf2.export", f"--workdir={trained.workdir}",
