@@ -18,6 +18,7 @@ capped (16 MiB, 1,024 images), so memory stays bounded. One log line per request
 stderr; Ctrl-C or SIGTERM stop it.
 """
 
+import errno
 import logging as std_logging
 import os
 import signal
@@ -48,7 +49,10 @@ def create_server(application, host: str, port: int, threads: int, max_body_byte
         max_request_body_size=2 * max_body_bytes,
         channel_timeout=30, ident="mnist_tf2")
   except OSError as e:
-    raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    hint = {errno.EADDRINUSE: "; choose another --port (0 picks a free one)",
+            errno.EACCES: "; ports below 1024 need root: choose another --port"}
+    raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}"
+                    f"{hint.get(e.errno, '')}") from None
 
 
 def _stop(signum, frame):

@@ -35,6 +35,7 @@ MAX_BODY_BYTES = 16 * 2**20
 
 _ROUTES = [
     Rule("/", endpoint="index", methods=["GET"]),
+    Rule("/favicon.ico", endpoint="favicon", methods=["GET"]),
     Rule("/static/<path:path>", endpoint="static", methods=["GET"]),
     Rule("/api/image", endpoint="image", methods=["POST"]),
 ]
@@ -120,15 +121,23 @@ class ModelServer:
   def on_index(self, request):
     return send_from_directory(STATIC_DIR, "index.html", request.environ)
 
+  def on_favicon(self, request):
+    # Browsers ask for it on any page without an icon link (a JSON answer opened in a
+    # tab); a 404 there is a console error. The page links static/favicon.svg instead.
+    return Response(status=204)
+
   def on_static(self, request, path):
     return send_from_directory(STATIC_DIR, path, request.environ)
 
   def _check_servable(self, name, version):
+    # TF Serving's words (its clients may look for them), then what is served here.
     if name != self.model_name:
-      raise rest.RequestError(f"Servable not found for request: Latest({name})", 404)
+      raise rest.RequestError(f"Servable not found for request: Latest({name}); this server "
+                              f"serves \"{self.model_name}\"", 404)
     if version is not None and version != rest.MODEL_VERSION:
       raise rest.RequestError(
-          f"Servable not found for request: Specific({name}, {version})", 404)
+          f"Servable not found for request: Specific({name}, {version}); this server serves "
+          f"\"{self.model_name}\" version {rest.MODEL_VERSION} only", 404)
 
   def on_status(self, request, name, version=None):
     self._check_servable(name, version)

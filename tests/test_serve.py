@@ -233,10 +233,12 @@ BAD_REQUESTS = {
                                                            "instances": [IMAGE]},
                        400, r"'signature_name' key must be a string"),
     "other_model": ("POST", "/v1/models/half:predict", {"instances": [IMAGE]}, 404,
-                    r"^Servable not found for request: Latest\(half\)$"),
+                    r"^Servable not found for request: Latest\(half\); this server serves "
+                    r"\"mnist\"$"),
     "other_version": ("GET", "/v1/models/mnist/versions/2", None, 404,
-                      r"^Servable not found for request: Specific\(mnist, 2\)$"),
-    "unknown_path": ("GET", "/favicon.ico", None, 404, r"no such page or endpoint: /favicon.ico"),
+                      r"^Servable not found for request: Specific\(mnist, 2\); this server "
+                      r"serves \"mnist\" version 1 only$"),
+    "unknown_path": ("GET", "/robots.txt", None, 404, r"no such page or endpoint: /robots.txt"),
     "control_characters": ("GET", "/a%0Ab%1B[31m", None, 404,
                            r"^no such page or endpoint: /a\\x0ab\\x1b\[31m;"),
     "traversal": ("GET", "/static/../rest.py", None, 404, r"no such page"),
@@ -415,6 +417,19 @@ def test_the_page_and_its_files_need_no_network(server):
   assert not re.search(rb"(src|href)=\"(https?:)?//", page)
 
 
+def test_the_page_has_an_icon_and_favicon_ico_is_no_error(server):
+  status, _, page = call(server, "GET", "/")
+  assert b'<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in page
+  status, headers, icon = call(server, "GET", "/static/favicon.svg")
+  assert status == 200 and headers["Content-Type"].startswith("image/svg+xml")
+  assert icon.startswith(b"<svg ") and len(icon) < 1000
+  # Its one URL is SVG's namespace name, which nothing fetches.
+  assert re.findall(rb"https?://[^\"]*", icon) == [b"http://www.w3.org/2000/svg"]
+  # What a browser asks for on a page without an icon link (a JSON answer in a tab).
+  status, _, data = call(server, "GET", "/favicon.ico")
+  assert status == 204 and data == b""
+
+
 def test_command_refuses_a_busy_port_in_one_line(exported):
   busy = socket.socket()
   busy.bind(("127.0.0.1", 0))
@@ -428,7 +443,8 @@ def test_command_refuses_a_busy_port_in_one_line(exported):
     busy.close()
   assert result.returncode == 2, result.stderr[-2000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-  assert errors == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+  assert errors == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use; "
+                    "choose another --port (0 picks a free one)"]
   assert "Traceback" not in result.stderr and result.stdout == ""
 
 
@@ -508,6 +524,7 @@ def browser(tmp_path):
     pytest.skip(message)
   options = webdriver.ChromeOptions()
   options.binary_location = shutil.which("chromium")
+  options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for get_log
   for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
     options.add_argument(flag)
   driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
@@ -574,6 +591,8 @@ def test_the_page_reads_digits_drawn_with_the_mouse_and_uploaded(server, exporte
   from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
   browser.get(f"http://{server.host}:{server.port}/")
   assert browser.title == "mnist_tf2: draw a digit"
+  # No failed request (e.g. a 404 for /favicon.ico) or script error in the console.
+  assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
   answers = 0
 
   _draw(browser, [[(0, -110), (0, 110)]])  # a "1": one stroke down
@@ -602,6 +621,10 @@ def test_the_page_reads_digits_drawn_with_the_mouse_and_uploaded(server, exporte
   _draw(browser, [[(0, -110), (0, 110)]], pointer="touch")  # a "1" with a finger
   _check_page_reads(browser, 1, answers)
 
+  # The icon is fetched on its own time: by now it has been. (A 400 from /api/image is
+  # the page at work: a stroke too small to be a digit yet.)
+  severe = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+  assert [m for m in severe if "/api/image " not in m] == [], severe
   screenshot = tmp_path / "page.png"
   assert browser.save_screenshot(str(screenshot))
   with Image.open(screenshot) as image:
