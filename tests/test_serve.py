@@ -492,6 +492,11 @@ def test_litert_float_and_int8_exports_classify_like_the_saved_model(exported, t
   assert abs(float(match.group(1)) - float(match.group(2))) <= 0.5 and int(match.group(3)) <= 100
   assert sorted(os.listdir(target)) == ["model.tflite", "model_int8.tflite"]
   assert os.stat(float_path).st_mode & 0o044  # readable by others, as any exported model
+  # Its only signature, the one docs/SERVING.md tells a device to call.
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  runner_names = Interpreter(model_path=float_path).get_signature_list()
+  assert runner_names == {"serving_uint8": {"inputs": ["images"],
+                                            "outputs": ["classes", "probabilities"]}}
   assert os.path.getsize(int8_path) < 0.35 * os.path.getsize(float_path)
 
   before = open(int8_path, "rb").read()
