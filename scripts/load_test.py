@@ -10,7 +10,7 @@ the signature the metadata shows taking uint8) or one PNG to our `/api/image`
 (`--endpoint=image`). Prints a Markdown table: clients, requests, requests/s,
 p50 and p99 latency (ms), errors (non-200 answers and connection failures),
 the accuracy of the answers, and with `--server_pid` the server's CPU time per
-request.
+request (`-` without it).
 
 Only a server on this machine (a loopback address) is accepted, and every run
 is bounded in time and count. The clients share the machine with the server:
@@ -47,8 +47,15 @@ def loopback_address(url: str) -> tuple[str, int]:
   parsed = urllib.parse.urlsplit(url)
   if parsed.scheme != "http" or not parsed.hostname:
     raise SystemExit(f"error: --url={url} is not an http://HOST:PORT URL")
-  port = parsed.port or 80
-  addresses = {info[4][0] for info in socket.getaddrinfo(parsed.hostname, port)}
+  try:
+    port = parsed.port or 80
+  except ValueError:  # urlsplit checks the port only when asked for it
+    raise SystemExit(f"error: --url={url} has no valid port (0-65535)") from None
+  try:
+    addresses = {info[4][0] for info in socket.getaddrinfo(parsed.hostname, port)}
+  except socket.gaierror as e:
+    raise SystemExit(f"error: cannot resolve host {parsed.hostname} of --url={url}: "
+                     f"{e.strerror}; use a loopback address such as 127.0.0.1") from None
   if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
     raise SystemExit(f"error: --url={url} is not on this machine (loopback addresses only)")
   return parsed.hostname, port
@@ -132,7 +139,7 @@ class Client(threading.Thread):
 
 
 def cpu_seconds(pid: int | None) -> float:
-  """User + system CPU time of process `pid` so far (Linux /proc), or NaN."""
+  """User + system CPU time of process `pid` so far (Linux /proc), or NaN without one."""
   if not pid:
     return float("nan")
   with open(f"/proc/{pid}/stat") as f:
@@ -161,17 +168,20 @@ def run(address, path, bodies, clients: int, seconds: float, server_pid=None) ->
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--url", default="http://127.0.0.1:8501", help="The server (loopback).")
-  parser.add_argument("--model_name", default="mnist")
-  parser.add_argument("--endpoint", choices=["predict", "image"], default="predict")
+  parser.add_argument("--model_name", default="mnist", help="The NAME in /v1/models/NAME.")
+  parser.add_argument("--endpoint", choices=["predict", "image"], default="predict",
+                      help="predict: TF Serving's predict with uint8 pixels; image: one PNG "
+                      "to /api/image.")
   parser.add_argument("--batch", type=int, default=1, help="Images per predict request.")
   parser.add_argument("--clients", default="1,8,32", help="Comma-separated client counts.")
   parser.add_argument("--seconds", type=float, default=20.0, help="Per client count.")
   parser.add_argument("--warmup", type=int, default=20, help="Requests sent first, untimed.")
   parser.add_argument("--server_pid", type=int, default=0,
                       help="The server's process id: adds its CPU time per request, a "
-                      "figure the machine's other load does not change much.")
+                      "figure the machine's other load does not change much (0: not shown).")
   args = parser.parse_args()
   counts = [int(c) for c in args.clients.split(",")]
   if not all(1 <= c <= MAX_CLIENTS for c in counts) or not 0 < args.seconds <= MAX_SECONDS:
@@ -198,8 +208,9 @@ def main():
     row = run(address, path, bodies, count, args.seconds, args.server_pid)
     images = (row["requests"] - row["errors"]) * (1 if args.endpoint == "image" else args.batch)
     accuracy = row["correct"] / images if images else float("nan")
+    cpu_ms = f"{row['cpu_ms']:.2f}" if args.server_pid else "-"  # not measured
     print(f"| {count} | {row['requests']} | {row['per_second']:.0f} | {row['p50']:.1f} | "
-          f"{row['p99']:.1f} | {row['errors']} | {100 * accuracy:.1f}% | {row['cpu_ms']:.2f} |",
+          f"{row['p99']:.1f} | {row['errors']} | {100 * accuracy:.1f}% | {cpu_ms} |",
           flush=True)
     failed |= row["errors"] > 0
   sys.exit(1 if failed else 0)

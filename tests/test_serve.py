@@ -460,10 +460,39 @@ def test_load_test_script_against_the_server(server):
   assert [(clients, errors) for clients, _, errors in rows] == [("1", "0"), ("3", "0")]
   assert all(int(requests) > 0 for _, requests, _ in rows)
 
+  # Without --server_pid the CPU column says it was not measured, not "nan".
+  unmeasured = subprocess.run(
+      [sys.executable, script, f"--url=http://127.0.0.1:{server.port}", "--clients=1",
+       "--seconds=0.5", "--warmup=1"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert unmeasured.returncode == 0, unmeasured.stderr[-2000:]
+  assert re.search(r"^\| 1 \| \d+ \| .*% \| - \|$", unmeasured.stdout, re.M), unmeasured.stdout
+  assert "nan" not in unmeasured.stdout
+
   elsewhere = subprocess.run([sys.executable, script, "--url=http://192.0.2.1:8501"],
                              cwd=REPO, capture_output=True, text=True, timeout=60)
   assert elsewhere.returncode != 0
   assert "not on this machine (loopback addresses only)" in elsewhere.stderr
+
+
+def test_load_test_script_help_and_bad_urls():
+  script = os.path.join(REPO, "scripts", "load_test.py")
+
+  def load_test(*args):
+    return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+
+  shown = load_test("--help")
+  assert shown.returncode == 0
+  for default in ("http://127.0.0.1:8501", "1,8,32", "20.0", "mnist", "predict"):
+    assert f"(default: {default})" in " ".join(shown.stdout.split()), default
+  for url, message in [
+      ("http://no-such-host.invalid:8501",
+       "error: cannot resolve host no-such-host.invalid of --url=http://no-such-host.invalid:8501: "),
+      ("http://127.0.0.1:99999", "error: --url=http://127.0.0.1:99999 has no valid port")]:
+    result = load_test(f"--url={url}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(message), line
 
 
 # --- LiteRT ---------------------------------------------------------------------------------
