@@ -14,6 +14,7 @@ Imported by scripts/benchmark.py only when asked for (`--peers=torch`).
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -124,9 +125,10 @@ def trainer(config, images, labels, *, precision="float32", compiled=False):
                                fused=True)
   schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config))
   forward = torch.compile(model) if compiled else model
-  # NHWC uint8 -> NCHW view in channels-last memory: no copy.
-  data = torch.from_numpy(images).permute(0, 3, 1, 2)
-  targets = torch.from_numpy(labels).long()
+  # One copy: the splits' arrays may be read-only (read from the data files), which
+  # torch.from_numpy warns about. NHWC uint8 -> NCHW view in channels-last memory.
+  data = torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2)
+  targets = torch.from_numpy(np.array(labels, dtype=np.int64, copy=True))
   autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
   batch_size, order, position = config.batch_size, torch.randperm(len(targets)), 0
   model.train()

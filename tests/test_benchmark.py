@@ -2,9 +2,14 @@
 
 import json
 import math
+import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
+from conftest import REPO
 from conftest import run_module
 
 KEYS = ("batch_size", "train_images_per_sec", "keras_fit_images_per_sec", "speedup_vs_fit",
@@ -26,6 +31,29 @@ def test_tiny_benchmark_writes_every_key(tmp_path):
   # Softmax regression: 784 x 10 multiply-adds forward, x2 FLOPs, x3 for training.
   assert results["train_flops_per_image"] == 3 * 2 * 784 * 10
   assert "speed-up vs fit" in result.stdout
+  # Tiny figures are said not to be speeds.
+  assert result.stdout.splitlines()[-1].startswith("note: --tiny times a few steps")
+  # The setting labelled best is the faster of the two figures printed.
+  other = ("train_no_jit_images_per_sec" if results["train_jit_compile"]
+           else "train_jit_compile_images_per_sec")
+  assert results["train_images_per_sec"] >= results[other]
+  best = re.search(r"our loop, fp32 \(best: jit_compile=(\w+)\) +([\d,]+) images/s",
+                   result.stdout)
+  shown = re.search(r"our loop, jit_compile=(\w+) +([\d,]+) images/s", result.stdout)
+  assert best.group(1) != shown.group(1)
+  assert int(best.group(2).replace(",", "")) >= int(shown.group(2).replace(",", ""))
+  # The input pipeline's ratio as precise as the JSON's, to a tenth.
+  ratio = re.search(r"\((\d+\.\d)x training\)", result.stdout).group(1)
+  assert ratio == f"{results['input_pipeline_vs_train']:.1f}"
+  # No TensorFlow start-up notices, no warning about fit's shuffle argument.
+  for noise in ("cuInit", "cuda drivers", "oneDNN custom operations", "shuffle=True"):
+    assert noise not in result.stderr, noise
+
+
+def test_benchmark_help_is_quiet():
+  result = run_module("scripts.benchmark", "--help", timeout=120)
+  assert "--[no]tiny: A few steps on fake data" in result.stdout
+  assert result.stderr == ""
 
 
 def test_profile_step_lists_the_ops_of_a_step():
@@ -67,6 +95,27 @@ def test_tiny_benchmark_with_peers_has_our_rows(peers_run):
   assert not set(results["peers"]) & set(results["peers_missing"])
   for name, note in results["peers_missing"].items():
     assert f"peer {name}: not installed" in note and note in stdout
+
+
+def test_torch_peer_takes_read_only_arrays_without_a_warning():
+  pytest.importorskip("torch")  # the peers are optional (pip install -e '.[peers]')
+  # In a process of its own: torch stays out of the test process.
+  code = textwrap.dedent("""
+      import warnings
+      import numpy as np
+      from mnist_tf2 import config as config_lib
+      from scripts import peer_torch
+      config = config_lib.resolve("softmax", "default", {"batch_size": 8})
+      images = np.zeros((16, 28, 28, 1), np.uint8)
+      labels = np.arange(16, dtype=np.int32) % 10
+      images.flags.writeable = labels.flags.writeable = False  # as read from the data files
+      warnings.simplefilter("error")  # "The given NumPy array is not writable" would raise
+      print(peer_torch.trainer(config, images, labels)(2))
+      """)
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert math.isfinite(float(result.stdout))
 
 
 @pytest.mark.parametrize("peer", ["torch", "jax"])
