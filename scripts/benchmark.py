@@ -56,7 +56,6 @@ import statistics
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -76,6 +75,7 @@ from mnist_tf2 import hardware
 from mnist_tf2 import models
 from mnist_tf2 import optimizers
 from mnist_tf2 import trainer as trainer_lib
+from mnist_tf2.errors import UserError
 from mnist_tf2.evaluate import Evaluator
 
 flags.DEFINE_enum("model", "cnn", ["softmax", "mlp", "cnn"], "Model to benchmark.")
@@ -648,7 +648,7 @@ def main(argv):
   keras.utils.set_random_seed(0)
   unknown = (set(FLAGS.peers) - set(PEERS)) | (set(FLAGS.precisions) - set(PRECISIONS))
   if unknown:
-    raise app.UsageError(f"--peers/--precisions: unknown {', '.join(sorted(unknown))}; "
+    raise UserError(f"--peers/--precisions: unknown {', '.join(sorted(unknown))}; "
                          f"known: {', '.join(PEERS + PRECISIONS)}")
   results = benchmark(FLAGS.model, FLAGS.batch_size, 1 if FLAGS.tiny else FLAGS.rounds,
                       FLAGS.window_steps, FLAGS.tiny, FLAGS.extra_rows, FLAGS.peers,
@@ -661,4 +661,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, help_text=lambda: cli.command_help(__doc__, [
+      "model", "peers", "precisions", "rounds", "batch_size", "window_steps", "extra_rows",
+      "keras_fit", "tiny", "output"]))

@@ -52,8 +52,17 @@ def test_tiny_benchmark_writes_every_key(tmp_path):
 
 def test_benchmark_help_is_quiet():
   result = run_module("scripts.benchmark", "--help", timeout=120)
-  assert "--[no]tiny: A few steps on fake data" in result.stdout
+  assert result.returncode == 0, result.stderr
+  assert "--tiny  (default: False)" in result.stdout
+  assert "A few steps on fake data" in result.stdout
   assert result.stderr == ""
+
+
+def test_benchmark_refuses_an_unknown_peer_in_one_line():
+  result = run_module("scripts.benchmark", "--peers=mxnet", "--tiny", timeout=120)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines() == [
+      "error: --peers/--precisions: unknown mxnet; known: torch, jax, float32, bfloat16"]
 
 
 def test_profile_step_lists_the_ops_of_a_step():
