@@ -25,6 +25,7 @@ from mnist_tf2 import export
 from mnist_tf2 import loop
 from mnist_tf2 import models
 from mnist_tf2 import restore
+from mnist_tf2 import workdir as workdir_lib
 from mnist_tf2.errors import UserError
 
 
@@ -171,3 +172,47 @@ def test_accuracy_presets_load_and_run_their_first_steps(model, preset, tmp_path
   results = loop.train_and_evaluate(config)
   assert results["steps"] == 2
   assert np.isfinite(results["metrics"]["test"]["loss"])
+
+
+def test_average_checkpoints_evaluates_the_mean_weights(tmp_path):
+  config = config_lib.resolve("mlp", "smoke", {
+      "max_steps": 6, "checkpoint_every": 2, "max_to_keep": 3,
+      "workdir": str(tmp_path / "mlp"), "eval_splits": "test", "summaries": False})
+  loop.train_and_evaluate(config)
+  workdir = config.workdir
+  result = subprocess.run(
+      [sys.executable, os.path.join(os.path.dirname(__file__), os.pardir, "scripts",
+                                    "average_checkpoints.py"),
+       f"--workdir={workdir}", "--splits=test"],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  paths = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
+  paths = list(paths.all_model_checkpoint_paths)[::-1]
+  lines = result.stdout.strip().splitlines()
+  assert len(lines) == len(paths) == 3
+  # Each line: the accuracy of the mean weights of the newest k checkpoints, as computed
+  # here from the checkpoints themselves.
+  model = models.create_model(workdir_lib.load_config(workdir))
+  checkpoint = tf.train.Checkpoint(model=model)
+  weights = []
+  for path in paths:
+    checkpoint.restore(path).expect_partial()
+    weights.append([v.numpy() for v in model.weights])
+  test = datasets.load_splits(config).test
+  images, labels = test.images, test.labels
+  for count, line in enumerate(lines, start=1):
+    for variable, *values in zip(model.weights, *weights[:count]):
+      variable.assign(np.mean(values, axis=0))
+    predictions = np.argmax(model(datasets.normalize(images), training=False), -1)
+    correct = int(np.sum(predictions == labels))
+    steps = ", ".join(path.rsplit("-", 1)[-1] for path in paths[:count])
+    assert line == f"mean of step(s) {steps}: test {correct}/{len(labels)}"
+
+
+def test_average_checkpoints_refuses_a_workdir_without_checkpoints(tmp_path):
+  result = subprocess.run(
+      [sys.executable, os.path.join(os.path.dirname(__file__), os.pardir, "scripts",
+                                    "average_checkpoints.py"), f"--workdir={tmp_path}"],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 2
+  assert len(result.stderr.strip().splitlines()) == 1 and "error:" in result.stderr
