@@ -126,6 +126,7 @@ def evaluate_ensemble(workdirs, splits=SPLITS) -> dict:
   from mnist_tf2 import datasets
   from mnist_tf2 import ensemble as ensemble_lib
   from mnist_tf2 import models
+  from mnist_tf2 import restore
   members = ensemble_lib.restore_members(workdirs)
   ensemble = models.Ensemble([member.model for member in members])
   config = members[0].config
@@ -142,7 +143,10 @@ def evaluate_ensemble(workdirs, splits=SPLITS) -> dict:
       print(f"{SPLIT_TITLES[name]} Data Eval: the split is empty, skipped")
       continue
     dataset = datasets.eval_dataset(data[name], batch_size=config.eval_batch_size)
-    ensemble_metrics, *member_metrics = (evaluate(dataset) for evaluate in evaluators)
+    # One tf.function per evaluator, each traced once per split: from five members on,
+    # TensorFlow warns of "excessive retracing", which is expected here.
+    with restore.tf_warnings_silenced():
+      ensemble_metrics, *member_metrics = [evaluate(dataset) for evaluate in evaluators]
     results[name] = {"ensemble": _report(ensemble_metrics),
                      "members": [_report(metrics) for metrics in member_metrics]}
     print(f"Ensemble of {len(members)}: {format_eval(name, results[name]['ensemble'])}")

@@ -51,7 +51,7 @@ def restore_model(workdir: str) -> Restored:
   # half-loaded.
   checkpointer = checkpoints.Checkpointer(checkpoint_dir, max_to_keep=2, model=model)
   failure = None
-  with _tf_warnings_silenced():
+  with tf_warnings_silenced():
     try:
       path = checkpointer.restore_or_initialize(partial=True)
     except checkpoints.CheckpointMismatch as e:
@@ -70,7 +70,8 @@ def restore_model(workdir: str) -> Restored:
 
 
 @contextlib.contextmanager
-def _tf_warnings_silenced():
+def tf_warnings_silenced():
+  """TensorFlow's Python WARNING lines off (ERROR and above still show) while inside."""
   logger = tf.get_logger()
   level = logger.level
   logger.setLevel(logging.ERROR)

@@ -82,6 +82,22 @@ def test_ensemble_counts_every_example_once_and_averages_probabilities(members, 
             f"Num correct: {metrics['num_correct']}  ") in out
 
 
+def test_five_members_evaluate_without_tensorflow_warnings(members, tmp_path):
+  # Five members are six evaluators, each traced per split: TensorFlow's "excessive
+  # retracing" warning must not reach the user.
+  workdirs = list(members.workdirs)
+  for number in (1, 2):
+    copy = tmp_path / f"copy{number}"
+    shutil.copytree(members.workdirs[number - 1], copy)
+    workdirs.append(str(copy))
+  result = run_module("mnist_tf2.evaluate", f"--workdir={','.join(workdirs)}",
+                      "--splits=validation,test",
+                      env={"XDG_CACHE_HOME": str(members.base / "cache")})
+  assert result.returncode == 0, result.stderr
+  assert "Ensemble of 5: Test Data Eval:" in result.stdout
+  assert "retracing" not in result.stderr and "W1" not in result.stderr, result.stderr
+
+
 def test_ensemble_saved_model_answers_saved_model_cli(members, tmp_path):
   export_dir = str(tmp_path / "ensemble")
   export.export_ensemble(members.workdirs, export_dir)
