@@ -232,8 +232,8 @@ ANCHORS = {
 
 def validation_curve(workdir):
   """[(step, validation accuracy)] of a run, from its eval/validation TensorBoard events."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Runs after all training: no INFO lines.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from mnist_tf2 import cli  # pylint: disable=g-import-not-at-top
+  tf = cli.import_tensorflow()  # Without TensorFlow's C++ start-up notices.
   from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
   points = {}
   for path in sorted(tf.io.gfile.glob(os.path.join(workdir, "eval", "validation",

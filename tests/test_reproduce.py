@@ -91,6 +91,9 @@ def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
   again = run_script(*args, "--plots", cwd=tmp_path)
   assert again.returncode == 0, again.stderr
   assert again.stdout.count("reusing") == 2
+  # Reading the runs' events loads TensorFlow: without its C++ start-up notices.
+  for noise in ("cuInit", "cuda drivers", "oneDNN custom operations"):
+    assert noise not in again.stderr, again.stderr
   for name in ("frontier.png", "validation_curves.png"):
     assert f"Wrote {output_dir / name}" in again.stdout
     with Image.open(output_dir / name) as image:
