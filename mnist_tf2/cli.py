@@ -151,6 +151,15 @@ def run(main: Callable[[list[str]], None], *, help_text: Callable[[], str],
   app.run(checked_main, flags_parser=_parse_flags)
 
 
+def run_script(main: Callable[[list[str]], None], doc: str) -> None:
+  """`run` for a script of scripts/: --help shows `doc` and the flags the script defines."""
+  def help_text():
+    # absl files the flags a script defines under its path (the __main__ module).
+    names = [flag.name for flag in FLAGS.get_key_flags_for_module(sys.argv[0])]
+    return command_help(doc, names)
+  run(main, help_text=help_text)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, with a flag it cannot parse as one `error:` line, exit 2."""
   try:

@@ -116,10 +116,10 @@ import platform
 import resource
 import sys
 
-from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mnist_tf2 import cli  # pylint: disable=g-import-not-at-top
 from mnist_tf2 import hardware  # pylint: disable=g-import-not-at-top
 from mnist_tf2 import idx  # reads the bundled IDX files without importing TensorFlow
 
@@ -393,4 +393,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_script(main, __doc__)

@@ -34,8 +34,10 @@ import subprocess
 import sys
 import time
 
-from absl import app
 from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mnist_tf2 import cli  # pylint: disable=g-import-not-at-top
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -278,4 +280,4 @@ def _main():
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_script(main, __doc__)

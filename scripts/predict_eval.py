@@ -23,7 +23,6 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 from PIL import Image
@@ -31,6 +30,7 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from mnist_tf2 import cli  # pylint: disable=g-import-not-at-top
 from mnist_tf2 import preprocess  # pylint: disable=g-import-not-at-top
 from mnist_tf2.errors import UserError  # pylint: disable=g-import-not-at-top
 
@@ -361,7 +361,6 @@ def time_large_jpeg(seed: int, repeats: int = 5) -> float:
 
 
 def evaluate(export_dir, num_digits, seed, conditions, save_dir="") -> None:
-  from mnist_tf2 import cli  # pylint: disable=g-import-not-at-top
   cli.import_tensorflow()  # Without TensorFlow's start-up notices, as the commands.
   from mnist_tf2 import predict  # pylint: disable=g-import-not-at-top
   images, labels = _mnist("t10k")
@@ -402,4 +401,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run_script(main, __doc__)

@@ -17,18 +17,17 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# As mnist_tf2/__init__.py does (TensorFlow is imported here first): oneDNN on.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-
-from absl import app  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import flags
-import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+from mnist_tf2 import cli
+# TensorFlow as the package's commands load it: oneDNN on, no C++ start-up notices.
+tf = cli.import_tensorflow()
 # The profiler's trace format; not a public API, but shipped with TensorFlow.
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mnist_tf2 import config as config_lib  # pylint: disable=g-import-not-at-top
+from mnist_tf2 import config as config_lib
 from mnist_tf2 import datasets
 from mnist_tf2 import trainer as trainer_lib
 
@@ -96,4 +95,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_script(main, __doc__)

@@ -32,7 +32,6 @@ import subprocess
 import sys
 import time
 
-from absl import app
 from absl import flags
 
 # Run from a checkout: import mnist_tf2 from it, and have every training
@@ -40,6 +39,7 @@ from absl import flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from mnist_tf2 import cli  # pylint: disable=g-import-not-at-top
 from mnist_tf2 import config as config_lib  # pylint: disable=g-import-not-at-top
 from mnist_tf2.errors import UserError  # pylint: disable=g-import-not-at-top
 
@@ -232,7 +232,6 @@ ANCHORS = {
 
 def validation_curve(workdir):
   """[(step, validation accuracy)] of a run, from its eval/validation TensorBoard events."""
-  from mnist_tf2 import cli  # pylint: disable=g-import-not-at-top
   tf = cli.import_tensorflow()  # Without TensorFlow's C++ start-up notices.
   from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
   points = {}
@@ -342,8 +341,7 @@ def _cpu_name():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # cli.run refuses positional arguments.
   try:
     runs_to_do = plan(FLAGS.models, FLAGS.presets, FLAGS.seeds)
     if FLAGS.plots:
@@ -399,4 +397,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run_script(main, __doc__)

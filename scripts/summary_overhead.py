@@ -32,9 +32,11 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mnist_tf2 import cli  # pylint: disable=wrong-import-position
+# TensorFlow as the package's commands load it: no C++ start-up notices.
+cli.import_tensorflow()
 from mnist_tf2 import config as config_lib  # pylint: disable=wrong-import-position
 from mnist_tf2 import loop  # pylint: disable=wrong-import-position
 

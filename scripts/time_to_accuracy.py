@@ -32,8 +32,10 @@ import sys
 import tempfile
 import time
 
-from absl import app
 from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mnist_tf2 import cli  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_string("model", "cnn", "Model: softmax, mlp or cnn.")
 flags.DEFINE_list("presets", ["fast"], "Presets to time.")
@@ -183,4 +185,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_script(main, __doc__)

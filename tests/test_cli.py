@@ -152,6 +152,21 @@ def test_train_help_lists_every_config_field_by_group_and_the_presets():
   assert "--tf_logs" in out and "--train_dir" in out
 
 
+def test_every_script_answers_help_quietly_with_exit_0():
+  # The peers' scripts import torch / JAX, optional extras the suite does not install.
+  scripts = sorted(name for name in os.listdir(os.path.join(REPO, "scripts"))
+                   if name.endswith(".py") and not name.startswith("peer_"))
+  assert "reproduce.py" in scripts and "benchmark.py" in scripts
+  processes = {name: subprocess.Popen(
+      [sys.executable, os.path.join(REPO, "scripts", name), "--help"], cwd=REPO,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in scripts}
+  for name, process in processes.items():
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, (name, stderr)
+    assert stderr == "", (name, stderr)
+    assert "--" in stdout, name  # It lists its flags.
+
+
 def test_helpfull_keeps_absls_flags():
   result = _help("evaluate", "--helpfull")
   assert "--flagfile" in result.stdout and "--splits" in result.stdout
