@@ -26,13 +26,19 @@ def parse_workdirs(text: str) -> list[str]:
 
 
 def check_directories(workdirs: list[str]) -> None:
-  """Raises a one-line UserError for a workdir that is not a directory.
+  """Raises a one-line UserError for a workdir that is not a directory, or a repeat.
 
   The commands call it before TensorFlow loads, so a typo answers at once.
   """
+  seen = {}
   for name in workdirs:
     if not os.path.isdir(name):
       raise UserError(f"--workdir={name} is not a directory")
+    # The same run under two spellings (a trailing slash, relative, a symlink).
+    real = os.path.realpath(name)
+    if real in seen:
+      raise UserError(f"--workdir names the same run twice: {seen[real]} and {name}")
+    seen[real] = name
 
 
 def data_fields(config) -> dict:

@@ -156,6 +156,10 @@ def save_serving_module(module, export_dir: str) -> None:
   try:
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{name}.new-", dir=parent)
+    # mkdtemp makes the directory private (0700); a model for serving is not.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
     tf.saved_model.save(module, staging, signatures={
         SIGNATURE_KEY: module.serve, UINT8_SIGNATURE_KEY: module.serve_uint8})
     _swap_in(staging, export_dir)
@@ -246,6 +250,9 @@ def main(argv):
   del argv  # cli.run refused positional arguments.
   flag_values = flags.FLAGS
   if flag_values.format == "litert":
+    if len(parse_workdirs(flag_values.workdir)) > 1:
+      raise UserError("an ensemble (several --workdir) exports as a SavedModel only; "
+                      "leave out --format=litert")
     cli.import_tensorflow()
     from mnist_tf2 import litert  # pylint: disable=g-import-not-at-top
     litert.main(flag_values)

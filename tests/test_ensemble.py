@@ -190,6 +190,24 @@ def test_accuracy_presets_load_and_run_their_first_steps(model, preset, tmp_path
   assert np.isfinite(results["metrics"]["test"]["loss"])
 
 
+def test_an_ensemble_is_refused_for_litert_in_one_line(members, tmp_path):
+  result = run_module("mnist_tf2.export", f"--workdir={','.join(members.workdirs[:2])}",
+                      f"--export_dir={tmp_path / 'e'}", "--format=litert")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      "error: an ensemble (several --workdir) exports as a SavedModel only; leave out "
+      "--format=litert"]
+  assert not (tmp_path / "e").exists()
+
+
+def test_the_same_run_under_two_spellings_is_refused(members, tmp_path):
+  link = tmp_path / "link"
+  link.symlink_to(members.workdirs[0])
+  for other in (members.workdirs[0] + "/", str(link)):
+    with pytest.raises(UserError, match="--workdir names the same run twice"):
+      ensemble.check_directories([members.workdirs[0], other])
+
+
 def test_average_checkpoints_evaluates_the_mean_weights(tmp_path):
   config = config_lib.resolve("mlp", "smoke", {
       "max_steps": 6, "checkpoint_every": 2, "max_to_keep": 3,

@@ -190,6 +190,16 @@ def test_overwrite_swaps_in_a_new_export_and_leaves_nothing_behind(trained, tmp_
   assert sorted(os.listdir(tmp_path)) == ["exported"]  # no staging or retired copies
 
 
+def test_an_export_is_readable_by_others_as_the_umask_allows(trained, tmp_path):
+  # TF Serving often runs as another user: the export must not stay private (mkdtemp's 0700).
+  previous = os.umask(0o022)
+  try:
+    export.export_workdir(trained.workdir, str(tmp_path / "shared"))
+  finally:
+    os.umask(previous)
+  assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o755
+
+
 def test_overwrite_never_replaces_what_is_not_a_saved_model(trained, tmp_path):
   precious = tmp_path / "precious"
   precious.mkdir()
