@@ -139,7 +139,8 @@ def run(model, preset, seed, output_dir, overrides=None, reuse_only=False):
   command = [sys.executable, "-m", "mnist_tf2.train", f"--model={model}",
              f"--preset={preset}", f"--seed={seed}", f"--workdir={workdir}",
              *(f"--{name}={value}" for name, value in overrides.items())]
-  print(f"{model} {preset} seed {seed}: {' '.join(command[1:])} > {log_path}", flush=True)
+  print(f"{model} {preset} seed {seed}: python {' '.join(command[1:])} > {log_path}",
+        flush=True)
   with open(log_path, "w") as log:
     python_path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
     status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,

@@ -70,6 +70,9 @@ def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
   args = ["--models=softmax", "--presets=smoke", "--seeds=0,1", f"--output_dir={output_dir}"]
   first = run_script(*args, cwd=tmp_path)
   assert first.returncode == 0, first.stderr
+  # Each run's command, ready to paste.
+  assert "softmax smoke seed 0: python -m mnist_tf2.train --model=softmax --preset=smoke" \
+      in first.stdout
   runs = [json.loads((output_dir / f"softmax-smoke-seed{seed}" / "results.json").read_text())
           for seed in (0, 1)]
   assert [run["config"]["seed"] for run in runs] == [0, 1]
