@@ -157,9 +157,7 @@ def save_serving_module(module, export_dir: str) -> None:
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{name}.new-", dir=parent)
     # mkdtemp makes the directory private (0700); a model for serving is not.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
+    chmod_as_created(staging, 0o777)
     tf.saved_model.save(module, staging, signatures={
         SIGNATURE_KEY: module.serve, UINT8_SIGNATURE_KEY: module.serve_uint8})
     _swap_in(staging, export_dir)
@@ -170,6 +168,18 @@ def save_serving_module(module, export_dir: str) -> None:
   finally:
     if staging:
       shutil.rmtree(staging, ignore_errors=True)
+
+
+def chmod_as_created(path: str, mode: int) -> None:
+  """Gives `path` the permissions `open`/`mkdir` would: `mode` less the process umask.
+
+  For files made private by `tempfile` (0600 / 0700) that others, such as a
+  model server running as another user, must read. (The umask can only be read
+  by setting it, hence the set-and-restore.)
+  """
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(path, mode & ~umask)
 
 
 def _swap_in(staging: str, export_dir: str) -> None:

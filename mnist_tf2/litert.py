@@ -122,9 +122,7 @@ def _write_atomically(path: str, data: bytes) -> None:
                                      delete=False) as f:
       f.write(data)
     # NamedTemporaryFile makes the file private (0600); a model file is not.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(f.name, 0o666 & ~umask)
+    export.chmod_as_created(f.name, 0o666)
     os.replace(f.name, path)
   except OSError as e:
     raise UserError(f"cannot write {path}: {e.strerror or e}") from None

@@ -58,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main, help_text=lambda: cli.command_help(__doc__, ["workdir", "splits"]))
+  cli.run_script(main, __doc__)

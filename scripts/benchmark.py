@@ -649,7 +649,7 @@ def main(argv):
   unknown = (set(FLAGS.peers) - set(PEERS)) | (set(FLAGS.precisions) - set(PRECISIONS))
   if unknown:
     raise UserError(f"--peers/--precisions: unknown {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(PEERS + PRECISIONS)}")
+                    f"known: {', '.join(PEERS + PRECISIONS)}")
   results = benchmark(FLAGS.model, FLAGS.batch_size, 1 if FLAGS.tiny else FLAGS.rounds,
                       FLAGS.window_steps, FLAGS.tiny, FLAGS.extra_rows, FLAGS.peers,
                       FLAGS.keras_fit, FLAGS.precisions)
@@ -661,6 +661,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main, help_text=lambda: cli.command_help(__doc__, [
-      "model", "peers", "precisions", "rounds", "batch_size", "window_steps", "extra_rows",
-      "keras_fit", "tiny", "output"]))
+  cli.run_script(main, __doc__)
