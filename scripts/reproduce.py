@@ -97,13 +97,23 @@ def workdir_of(output_dir, model, preset, seed):
   return os.path.join(output_dir, f"{model}-{preset}-seed{seed}")
 
 
-def same_training(saved, config):
-  """Whether a saved config.json trains what `config` (a Config.to_dict()) trains."""
+def training_differences(saved, config):
+  """Fields in which a saved config.json trains otherwise than `config`.
+
+  Args:
+    saved: a run's config.json as a dict.
+    config: a Config.to_dict().
+
+  Returns:
+    `name saved -> wanted` for each differing field that is not BOOKKEEPING,
+    sorted by name; empty when the saved run trains what `config` trains.
+  """
   defaults = {field.name: field.default for field in dataclasses.fields(config_lib.Config)
               if field.default is not dataclasses.MISSING}
   saved = {**{name: defaults[name] for name in config if name in defaults}, **saved}
-  return ({k: v for k, v in saved.items() if k not in BOOKKEEPING}
-          == {k: v for k, v in config.items() if k not in BOOKKEEPING})
+  names = sorted((set(saved) | set(config)) - set(BOOKKEEPING))
+  return [f"{name} {saved.get(name, '(none)')!r} -> {config.get(name, '(none)')!r}"
+          for name in names if saved.get(name) != config.get(name)]
 
 
 def run(model, preset, seed, output_dir, overrides=None, reuse_only=False):
@@ -124,11 +134,19 @@ def run(model, preset, seed, output_dir, overrides=None, reuse_only=False):
   results_path = os.path.join(workdir, "results.json")
   if os.path.exists(config_path):
     with open(config_path) as f:
-      if not same_training(json.load(f), config):
-        raise UserError(f"{workdir} holds a run of another config (was the preset edited?); "
-                        "remove it or choose another --output_dir")
+      saved = json.load(f)
+    differences = training_differences(saved, config)
+    if differences:
+      raise UserError(f"{workdir} holds a run of another config ({', '.join(differences)}; "
+                      "was the preset edited?); remove it or choose another --output_dir")
     if os.path.exists(results_path):
-      print(f"{model} {preset} seed {seed}: reusing {results_path}", flush=True)
+      # Reporting cadences do not change the weights, so such a run is reused; its
+      # validation curve keeps the points it was evaluated at.
+      cadence = ("" if "eval_every" not in overrides
+                 or saved.get("eval_every") == config["eval_every"]
+                 else f" (evaluated every {saved.get('eval_every')} steps, not "
+                      f"--eval_every={config['eval_every']}: its curve keeps those points)")
+      print(f"{model} {preset} seed {seed}: reusing {results_path}{cadence}", flush=True)
       with open(results_path) as f:
         return json.load(f), True
   if reuse_only:

@@ -111,8 +111,11 @@ def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
   del config["cluster_timeout"]
   config_path.write_text(json.dumps(dict(config, eval_every=7, log_every=7)))
   only = run_script("--models=softmax", "--presets=smoke", "--seeds=0,1,2", "--reuse_only",
-                    f"--output_dir={output_dir}", cwd=tmp_path)
+                    "--eval_every=5", f"--output_dir={output_dir}", cwd=tmp_path)
   assert only.returncode == 0, only.stderr
+  # Another --eval_every does not retrain a finished run, and says so.
+  assert ("softmax smoke seed 0: reusing " in only.stdout and "(evaluated every 7 steps, "
+          "not --eval_every=5: its curve keeps those points)" in only.stdout), only.stdout
   assert "softmax smoke seed 2: no finished run" in only.stdout
   assert not (output_dir / "softmax-smoke-seed2").exists()
   assert "| softmax | `smoke` | 20 × 32 | 2 |" in only.stdout
@@ -126,7 +129,8 @@ def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
   config_path.write_text(json.dumps(dict(config, max_steps=40)))
   refused = run_script(*args, cwd=tmp_path)
   assert refused.returncode == 2
-  assert "softmax-smoke-seed1 holds a run of another config" in refused.stderr
+  assert ("softmax-smoke-seed1 holds a run of another config (max_steps 40 -> 20; was the "
+          "preset edited?)") in refused.stderr, refused.stderr
   assert json.loads(config_path.read_text())["max_steps"] == 40
 
 
