@@ -186,6 +186,7 @@ def summarize(runs):
            "seeds": [results["config"]["seed"] for results in group],
            "steps": sorted({results["steps"] for results in group}),
            "batch_size": group[0]["config"]["batch_size"],
+           "test_examples": group[0]["metrics"]["test"]["num_examples"],
            "wall_seconds": mean_std([results["wall_seconds"] for results in group])}
     for split in SPLITS:
       row[split] = mean_std([results["metrics"][split]["accuracy"] for results in group])
@@ -285,6 +286,15 @@ def _log_axes(axes, *names):
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
+def _error_percent(accuracy, examples):
+  """100 * (1 - accuracy), a perfect score drawn at half an error of `examples`.
+
+  A log axis has no place for 0 (matplotlib would drop the point and warn), and
+  "under one error in `examples`" is what a perfect score on them says.
+  """
+  return max(100 * (1 - accuracy), 50 / examples)
+
+
 def plot_frontier(rows, path, machine):
   """Test error (%) against wall seconds per (model, preset): means, std bars, log axes."""
   plt = _pyplot()
@@ -292,10 +302,11 @@ def plot_frontier(rows, path, machine):
   for row in rows:
     seconds, seconds_std = row["wall_seconds"]
     accuracy, accuracy_std = row["test"]
-    axes.errorbar(seconds, 100 * (1 - accuracy), xerr=seconds_std or 0,
-                  yerr=100 * (accuracy_std or 0), fmt="o", capsize=3)
-    axes.annotate(f"{row['model']} {row['preset']}", (seconds, 100 * (1 - accuracy)),
-                  textcoords="offset points", xytext=(5, 4), fontsize=8)
+    error = _error_percent(accuracy, row["test_examples"])
+    axes.errorbar(seconds, error, xerr=seconds_std or 0, yerr=100 * (accuracy_std or 0),
+                  fmt="o", capsize=3)
+    axes.annotate(f"{row['model']} {row['preset']}" + (" (no error)" if accuracy == 1 else ""),
+                  (seconds, error), textcoords="offset points", xytext=(5, 4), fontsize=8)
   for label, error in ANCHORS.items():
     axes.axhline(error, linestyle=":", linewidth=0.8, color="grey")
     # x in axes coordinates (the left edge, away from the slow accurate runs at the
@@ -333,8 +344,9 @@ def plot_validation_curves(runs, curves, path):
     colour = colours.setdefault(key, f"C{len(colours) % 10}")
     steps, accuracies = zip(*curve)
     epochs_per_step = results["config"]["batch_size"] / _train_examples(results["config"])
+    examples = results["metrics"]["validation"]["num_examples"]
     axes.plot([step * epochs_per_step for step in steps],
-              [100 * (1 - accuracy) for accuracy in accuracies], "-o", markersize=2,
+              [_error_percent(accuracy, examples) for accuracy in accuracies], "-o", markersize=2,
               color=colour, label=label, alpha=0.8)
   if colours:
     axes.legend(fontsize=8)

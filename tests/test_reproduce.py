@@ -45,7 +45,8 @@ def test_mean_and_sample_std_per_model_and_preset(reproduce):
   def results(model, seed, validation, test, seconds):
     return {"model": model, "preset": "p", "steps": 10, "wall_seconds": seconds,
             "config": {"seed": seed, "batch_size": 5},
-            "metrics": {"validation": {"accuracy": validation}, "test": {"accuracy": test}}}
+            "metrics": {"validation": {"accuracy": validation},
+                        "test": {"accuracy": test, "num_examples": 100}}}
 
   rows = reproduce.summarize([results("mlp", 0, 0.90, 0.91, 10.0),
                               results("cnn", 0, 0.99, 0.98, 7.0),
@@ -93,6 +94,8 @@ def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
   # A second call reuses the finished runs instead of training again; it draws the plots.
   again = run_script(*args, "--plots", cwd=tmp_path)
   assert again.returncode == 0, again.stderr
+  # Fake data reaches 0 errors: drawn at half an error, not dropped with a warning.
+  assert "no positive values" not in again.stderr, again.stderr
   assert again.stdout.count("reusing") == 2
   # Reading the runs' events loads TensorFlow: without its C++ start-up notices.
   for noise in ("cuInit", "cuda drivers", "oneDNN custom operations"):
