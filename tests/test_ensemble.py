@@ -250,3 +250,43 @@ def test_average_checkpoints_refuses_a_workdir_without_checkpoints(tmp_path):
       capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 2
   assert len(result.stderr.strip().splitlines()) == 1 and "error:" in result.stderr
+
+
+def test_ensemble_errors_counts_who_misses_what(members):
+  """scripts/ensemble_errors.py against the members' probabilities computed here."""
+  result = subprocess.run(
+      [sys.executable, os.path.join(os.path.dirname(__file__), os.pardir, "scripts",
+                                    "ensemble_errors.py"),
+       f"--workdir={','.join(members.workdirs)}", "--splits=validation,test"],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  for name in ("validation", "test"):
+    split = getattr(members.splits, name)
+    each = np.stack([_probabilities(w, split.images) for w in members.workdirs])
+    wrong = each.argmax(-1) != split.labels
+    ensemble_wrong = each.mean(0).argmax(-1) != split.labels
+    assert f"{name}: {len(split.labels)} examples" in result.stdout
+    for number, errors in enumerate(wrong.sum(1), 1):
+      assert f"  member {number} ({members.workdirs[number - 1]}): {errors} errors" \
+          in result.stdout
+    assert (f"  missed by at least one member: {wrong.any(0).sum()}; by every member: "
+            f"{wrong.all(0).sum()}; by the ensemble: {ensemble_wrong.sum()}") in result.stdout
+  # The members disagree somewhere, or the test shows nothing.
+  assert "missed by at least one member: 0;" not in result.stdout
+
+
+def test_ensemble_errors_refuses_members_of_other_data(members, tmp_path):
+  other = tmp_path / "other"
+  config = config_lib.resolve("softmax", "smoke", {
+      "max_steps": 2, "fake_examples": 64, "workdir": str(other), "eval_splits": "test",
+      "summaries": False})
+  loop.train_and_evaluate(config)
+  result = subprocess.run(
+      [sys.executable, os.path.join(os.path.dirname(__file__), os.pardir, "scripts",
+                                    "ensemble_errors.py"),
+       f"--workdir={members.workdirs[0]},{other}"],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 2
+  line, = result.stderr.strip().splitlines()
+  assert line.startswith(f"error: ensemble members must share the data: {members.workdirs[0]} "
+                         "has fake_examples=") and line.endswith(f"{other} has fake_examples=64")
