@@ -88,6 +88,7 @@ def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
   assert [run["seed"] for run in summary["runs"]] == [0, 1]
   table = (output_dir / "results.md").read_text()
   assert "| softmax | `smoke` | 20 × 32 | 2 |" in table
+  assert "| fake data (" in table  # Not to be read as MNIST figures.
   assert table in first.stdout
   assert "2 run(s) trained in this call" in table and "0 reused" in table
 
@@ -118,7 +119,8 @@ def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
   assert only.returncode == 0, only.stderr
   # Another --eval_every does not retrain a finished run, and says so.
   assert ("softmax smoke seed 0: reusing " in only.stdout and "(evaluated every 7 steps, "
-          "not --eval_every=5: its curve keeps those points)" in only.stdout), only.stdout
+          "not every 5: its curve keeps those points; another --output_dir trains the run "
+          "anew)" in only.stdout), only.stdout
   assert "softmax smoke seed 2: no finished run" in only.stdout
   assert not (output_dir / "softmax-smoke-seed2").exists()
   assert "| softmax | `smoke` | 20 × 32 | 2 |" in only.stdout
@@ -132,8 +134,9 @@ def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
   config_path.write_text(json.dumps(dict(config, max_steps=40)))
   refused = run_script(*args, cwd=tmp_path)
   assert refused.returncode == 2
-  assert ("softmax-smoke-seed1 holds a run of another config (max_steps 40 -> 20; was the "
-          "preset edited?)") in refused.stderr, refused.stderr
+  assert ("softmax-smoke-seed1 holds a run of another config (max_steps 40 in the run, 20 "
+          "now; was the preset or the run's config.json edited?)") in refused.stderr, \
+      refused.stderr
   assert json.loads(config_path.read_text())["max_steps"] == 40
 
 
