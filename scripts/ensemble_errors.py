@@ -46,9 +46,12 @@ def report(name, wrong, ensemble_wrong, workdirs):
             for number, (workdir, errors) in enumerate(zip(workdirs, wrong.sum(1)), 1)]
   lines.append(f"  missed by at least one member: {(missed_by > 0).sum()}; by every member: "
                f"{(missed_by == len(workdirs)).sum()}; by the ensemble: {ensemble_wrong.sum()}")
-  counts = [f"{count}: {(missed_by[ensemble_wrong] == count).sum()}"
-            for count in range(len(workdirs) + 1) if (missed_by[ensemble_wrong] == count).any()]
-  lines.append(f"  the ensemble's errors by how many members missed them: "
+  members = len(workdirs)
+  counts = [f"{(missed_by[ensemble_wrong] == count).sum()} "
+            + ("by all " if count == members > 1 else "by ")
+            + f"{count} member{'s' if count != 1 else ''}"
+            for count in range(members + 1) if (missed_by[ensemble_wrong] == count).any()]
+  lines.append(f"  the ensemble's errors, missed by how many members: "
                f"{', '.join(counts) or 'none'}")
   return lines
 

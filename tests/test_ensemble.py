@@ -271,6 +271,12 @@ def test_ensemble_errors_counts_who_misses_what(members):
           in result.stdout
     assert (f"  missed by at least one member: {wrong.any(0).sum()}; by every member: "
             f"{wrong.all(0).sum()}; by the ensemble: {ensemble_wrong.sum()}") in result.stdout
+    breakdown = result.stdout.split(f"{name}: ", 1)[1].split(
+        "the ensemble's errors, missed by how many members: ", 1)[1].splitlines()[0]
+    expected = [f"{(wrong.sum(0)[ensemble_wrong] == k).sum()} by {'all ' if k == 3 else ''}"
+                f"{k} member{'s' if k != 1 else ''}"
+                for k in range(4) if (wrong.sum(0)[ensemble_wrong] == k).any()]
+    assert breakdown == (", ".join(expected) or "none")
   # The members disagree somewhere, or the test shows nothing.
   assert "missed by at least one member: 0;" not in result.stdout
 
