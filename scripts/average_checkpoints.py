@@ -33,11 +33,17 @@ def main(argv):
   from mnist_tf2.errors import UserError
   from mnist_tf2.evaluate import Evaluator
 
+  if not FLAGS.workdir:
+    raise UserError("--workdir is empty; name the training workdir whose checkpoints to average")
   config = workdir_lib.load_config(FLAGS.workdir)
   state = tf.train.get_checkpoint_state(os.path.join(FLAGS.workdir, "checkpoints"))
   if not state or not state.all_model_checkpoint_paths:
     raise UserError(f"no checkpoints in {FLAGS.workdir}/checkpoints")
   paths = list(state.all_model_checkpoint_paths)[::-1]  # Newest first.
+  if len(paths) == 1:
+    # A short run keeps the preset's --checkpoint_every, so it may have saved once.
+    print(f"only one checkpoint kept ({os.path.basename(paths[0])}): nothing to average; "
+          "train with a smaller --checkpoint_every for more", flush=True)
   model = models.create_model(config)
   checkpoint = tf.train.Checkpoint(model=model)
   weights = []  # One list of arrays per checkpoint, newest first.
