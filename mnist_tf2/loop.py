@@ -163,7 +163,7 @@ class Controller:
 
   def _print_numerics(self):
     policy = self.model.dtype_policy
-    xla = self.trainer.xla if self.config.jit_compile else "off"
+    xla = self.trainer.xla if self.config.jit_compile else "off (--jit_compile=false)"
     loss_scaling = ", loss scaling" if self.trainer.loss_scaling else ""
     onednn = {True: "; oneDNN on", False: "; oneDNN off", None: ""}[hardware.onednn_enabled()]
     print(f"Strategy {type(self.strategy).__name__}; dtype policy {policy.name} (compute "
