@@ -228,13 +228,13 @@ def test_temporary_dirs_of_dead_workers_are_removed(tmp_path, monkeypatch):
 
 
 def test_chaos_short(tmp_path):
-  """scripts/chaos.py, 3 runs of one process: random faults, restarts, identical weights."""
+  """scripts/chaos.py, 2 runs of one process: random faults, restarts, identical weights."""
   result = subprocess.run(
-      [sys.executable, "scripts/chaos.py", "--runs=3", "--modes=single", "--faults=1",
+      [sys.executable, "scripts/chaos.py", "--runs=2", "--modes=single", "--faults=1",
        "--max_steps=100", "--seed=3", f"--output_dir={tmp_path}"],
       cwd=REPO, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert re.search(r"^\| single \| 3 \| \d \(\d/\d/\d\) \| \d+ \| \d+ \| - \| 0 \| 3/3 \|$",
+  assert re.search(r"^\| single \| 2 \| \d \(\d/\d/\d\) \| \d+ \| \d+ \| - \| 0 \| 2/2 \|$",
                    result.stdout, re.M), result.stdout
   report = json.loads((tmp_path / "chaos.json").read_text())
   assert all(run["weights_sha256"] for run in report["runs"]["single"])
