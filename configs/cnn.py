@@ -21,14 +21,15 @@ PRESETS = {
                  batch_size=100, max_steps=700, dropout_rate=0.4, checkpoint_every=700,
                  eval_splits="test", summaries=False, auto_mixed_precision=True),
     # Aimed at the published single-model figures (99.6-99.7%, docs/ACCURACY.md), the
-    # architecture unchanged: 30 epochs of Simard et al.'s elastic distortion on top of the
+    # architecture unchanged: 60 epochs of Simard et al.'s elastic distortion on top of the
     # default's shifts, rotations and zooms, label smoothing 0.1, Adam with cosine decay.
-    # Chosen from the literature; measured in docs/ACCURACY.md.
+    # Chosen from the literature, the length on the validation split (30 epochs,
+    # `--max_steps=16500`, scored lower on each seed); measured in docs/ACCURACY.md.
     "best": dict(optimizer="adam", learning_rate=1e-3, lr_schedule="cosine",
-                 warmup_steps=200, batch_size=100, max_steps=16500, dropout_rate=0.4,
+                 warmup_steps=400, batch_size=100, max_steps=33000, dropout_rate=0.4,
                  label_smoothing=0.1, augment=True, augment_shift=2.0, augment_rotation=10.0,
                  augment_scale=0.1, augment_elastic_alpha=34.0, augment_elastic_sigma=6.0,
-                 eval_every=1650, eval_splits="validation,test", checkpoint_every=1650),
+                 eval_every=3300, eval_splits="validation,test", checkpoint_every=3300),
     "smoke": dict(data_source="fake", fake_examples=128, batch_size=16, max_steps=6,
                   steps_per_loop=3, log_every=3, checkpoint_every=3, eval_batch_size=50),
 }
