@@ -294,6 +294,8 @@ class Controller:
         "preset": self.config.preset,
         "steps": self.step,
         "wall_seconds": round(time.time() - start_time, 3),
+        # What the run computed in (--mixed_precision's policy depends on the device).
+        "dtype_policy": self.model.dtype_policy.name,
         "metrics": {name: split_metrics.result() for name, split_metrics in metrics.items()},
         "weights_sha256": digest,
         "config": self.config.to_dict(),

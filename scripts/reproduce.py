@@ -5,7 +5,8 @@
 
 Each run is its own process, `python -m mnist_tf2.train --model=M --preset=P
 --seed=S --workdir=OUTPUT_DIR/M-P-seedS --eval_splits=validation,test`, and is
-read back from its results.json. The table (Markdown) goes to stdout and to OUTPUT_DIR/results.md,
+read back from its results.json. With --mixed_precision the runs compute in bfloat16
+(float16 on a GPU) in OUTPUT_DIR/M-P-mixed-seedS, a row of their own. The table (Markdown) goes to stdout and to OUTPUT_DIR/results.md,
 every figure with the machine and its load to OUTPUT_DIR/results.json. Nothing
 is selected here: the test figures are reported, never compared.
 
@@ -56,6 +57,9 @@ def define_flags() -> None:
                     "--output_dir (needs matplotlib).")
   flags.DEFINE_integer("eval_every", 0, "Give the runs --eval_every=N (0: the presets' own), "
                        "for points on the validation curves.")
+  flags.DEFINE_bool("mixed_precision", False, "Give the runs --mixed_precision (bfloat16 on a "
+                    "CPU, float16 on a GPU); their workdirs end in -mixed-seedS and the table's "
+                    "precision column says what they computed in.")
   flags.DEFINE_bool("reuse_only", False, "Train nothing: tabulate and plot the finished runs "
                     "in --output_dir and skip the others (e.g. to put runs made by several "
                     "calls, or copied in, into one table and one frontier).")
@@ -93,8 +97,9 @@ def plan(models, presets, seeds):
           if preset in available[model] for seed in seeds]
 
 
-def workdir_of(output_dir, model, preset, seed):
-  return os.path.join(output_dir, f"{model}-{preset}-seed{seed}")
+def workdir_of(output_dir, model, preset, seed, mixed_precision=False):
+  return os.path.join(output_dir,
+                      f"{model}-{preset}{'-mixed' if mixed_precision else ''}-seed{seed}")
 
 
 def training_differences(saved, config):
@@ -127,7 +132,7 @@ def run(model, preset, seed, output_dir, overrides=None, reuse_only=False):
     (None, None) for a run skipped with `reuse_only`.
   """
   overrides = OVERRIDES if overrides is None else overrides
-  workdir = workdir_of(output_dir, model, preset, seed)
+  workdir = workdir_of(output_dir, model, preset, seed, overrides.get("mixed_precision", False))
   config = config_lib.resolve(model, preset,
                               {"seed": seed, "workdir": workdir, **overrides}).to_dict()
   config_path = os.path.join(workdir, "config.json")
@@ -181,14 +186,32 @@ def mean_std(values):
   return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
+def precision_of(group):
+  """What a group of runs computed in: float32, bfloat16 or float16.
+
+  From the dtype policy each run's results.json records; a run from before that
+  record names the flag it was given (float32 when it had none).
+  """
+  recorded = sorted({results["dtype_policy"].removeprefix("mixed_") for results in group
+                     if "dtype_policy" in results})
+  if recorded:
+    return "/".join(recorded)
+  config = group[0]["config"]
+  flags_given = [name for name in ("mixed_precision", "auto_mixed_precision")
+                 if config.get(name)]
+  return f"--{flags_given[0]}" if flags_given else "float32"
+
+
 def summarize(runs):
-  """One row per (model, preset), in first-seen order, from the runs' results."""
+  """One row per (model, preset, precision flags), in first-seen order, from the runs' results."""
   groups = {}
   for results in runs:
-    groups.setdefault((results["model"], results["preset"]), []).append(results)
+    key = (results["model"], results["preset"], bool(results["config"].get("mixed_precision")),
+           bool(results["config"].get("auto_mixed_precision")))
+    groups.setdefault(key, []).append(results)
   rows = []
-  for (model, preset), group in groups.items():
-    row = {"model": model, "preset": preset,
+  for (model, preset, *_), group in groups.items():
+    row = {"model": model, "preset": preset, "precision": precision_of(group),
            "seeds": [results["config"]["seed"] for results in group],
            "steps": sorted({results["steps"] for results in group}),
            "batch_size": group[0]["config"]["batch_size"],
@@ -218,14 +241,15 @@ def markdown(rows, machine):
       f"after), {machine['reused']} reused from earlier calls. Mean ± sample std over the "
       "seeds.",
       "",
-      "| model | preset | steps × batch | seeds | wall seconds | validation accuracy "
-      "| test accuracy | published |",
-      "|---|---|---|---|---|---|---|---|",
+      "| model | preset | precision | steps × batch | seeds | wall seconds "
+      "| validation accuracy | test accuracy | published |",
+      "|---|---|---|---|---|---|---|---|---|",
   ]
   for row in rows:
     steps = "/".join(f"{steps:,}" for steps in row["steps"])
     lines.append(
-        f"| {row['model']} | `{row['preset']}` | {steps} × {row['batch_size']} | "
+        f"| {row['model']} | `{row['preset']}` | {row.get('precision', 'float32')} | "
+        f"{steps} × {row['batch_size']} | "
         f"{len(row['seeds'])} | {_seconds(*row['wall_seconds'])} | "
         f"{_percent(*row['validation'])} | {_percent(*row['test'])} | "
         f"{_published(row)} |")
@@ -312,6 +336,12 @@ def _error_percent(accuracy, examples):
   return max(100 * (1 - accuracy), 50 / examples)
 
 
+def _label(row):
+  """`model preset`, and the precision unless float32."""
+  precision = row.get("precision", "float32")
+  return f"{row['model']} {row['preset']}" + ("" if precision == "float32" else f" {precision}")
+
+
 def plot_frontier(rows, path, machine):
   """Test error (%) against wall seconds per (model, preset): means, std bars, log axes."""
   plt = _pyplot()
@@ -322,7 +352,7 @@ def plot_frontier(rows, path, machine):
     error = _error_percent(accuracy, row["test_examples"])
     axes.errorbar(seconds, error, xerr=seconds_std or 0, yerr=100 * (accuracy_std or 0),
                   fmt="o", capsize=3)
-    axes.annotate(f"{row['model']} {row['preset']}" + (" (no error)" if accuracy == 1 else ""),
+    axes.annotate(_label(row) + (" (no error)" if accuracy == 1 else ""),
                   (seconds, error), textcoords="offset points", xytext=(5, 4), fontsize=8)
   for label, error in ANCHORS.items():
     axes.axhline(error, linestyle=":", linewidth=0.8, color="grey")
@@ -357,7 +387,7 @@ def plot_validation_curves(runs, curves, path):
   for results, curve in zip(runs, curves):
     if not curve:
       continue
-    key = f"{results['model']} {results['preset']}"
+    key = _label({**results, "precision": precision_of([results])})
     label = None if key in colours else key  # One legend entry per (model, preset).
     colour = colours.setdefault(key, f"C{len(colours) % 10}")
     steps, accuracies = zip(*curve)
@@ -399,7 +429,8 @@ def main(argv):
       _pyplot()  # Refuse a missing matplotlib now, not after hours of training.
     if FLAGS.eval_every < 0:
       raise UserError(f"--eval_every must be non-negative, got {FLAGS.eval_every}")
-    overrides = {**OVERRIDES, **({"eval_every": FLAGS.eval_every} if FLAGS.eval_every else {})}
+    overrides = {**OVERRIDES, **({"eval_every": FLAGS.eval_every} if FLAGS.eval_every else {}),
+                 **({"mixed_precision": True} if FLAGS.mixed_precision else {})}
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     load_before = os.getloadavg()[0]
     start = time.time()
@@ -437,7 +468,8 @@ def main(argv):
               f, indent=2)
     f.write("\n")
   if FLAGS.plots:
-    curves = [validation_curve(workdir_of(FLAGS.output_dir, model, preset, seed))
+    curves = [validation_curve(workdir_of(FLAGS.output_dir, model, preset, seed,
+                                          FLAGS.mixed_precision))
               for model, preset, seed in runs_to_do]
     for name, draw in (("frontier.png", lambda path: plot_frontier(rows, path, machine)),
                        ("validation_curves.png",

@@ -213,5 +213,7 @@ def test_mixed_precision_and_xla_learn_on_cpu(flag, log, tmp_path, capsys):
   assert log in capsys.readouterr().out
   assert results["metrics"]["test"]["num_examples"] == 10000
   assert results["metrics"]["test"]["accuracy"] > 0.85
+  # results.json says what the run computed in (the table of scripts/reproduce.py).
+  assert results["dtype_policy"] == log.split()[2]
   # The mixed policy applied to this model only, not to the rest of the process.
   assert keras.config.dtype_policy().name == "float32"

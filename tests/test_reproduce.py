@@ -59,11 +59,36 @@ def test_mean_and_sample_std_per_model_and_preset(reproduce):
   machine = dict(date="2000-01-01", cpu="cpu", cores=2, tensorflow="2.x", load_before=0.5,
                  load_after=1.5, trained=2, reused=1)
   table = reproduce.markdown(rows, machine)
-  assert "| mlp | `p` | 10 × 5 | 2 | 12 ± 3 | 91.00% ± 1.41 | 93.00% ± 2.83 |  |" in table
-  assert "| cnn | `p` | 10 × 5 | 1 | 7 | 99.00% | 98.00% |  |" in table
+  assert ("| mlp | `p` | float32 | 10 × 5 | 2 | 12 ± 3 | 91.00% ± 1.41 | 93.00% ± 2.83 |  |"
+          in table)
+  assert "| cnn | `p` | float32 | 10 × 5 | 1 | 7 | 99.00% | 98.00% |  |" in table
   # The published column: the tutorial's figure beside a `seed` preset.
   rows[0]["preset"] = "seed"
   assert "| 93.00% ± 2.83 | tutorial ~90% |" in reproduce.markdown(rows, machine)
+
+
+def test_runs_in_another_precision_are_a_row_of_their_own(reproduce):
+  def results(seed, accuracy, mixed, policy=None):
+    return {"model": "cnn", "preset": "best", "steps": 10, "wall_seconds": 5.0,
+            "config": {"seed": seed, "batch_size": 5, "mixed_precision": mixed},
+            "metrics": {"validation": {"accuracy": accuracy},
+                        "test": {"accuracy": accuracy, "num_examples": 100}},
+            **({"dtype_policy": policy} if policy else {})}
+
+  # A run from before results.json recorded its policy groups with the runs of its
+  # flags and takes their recorded precision.
+  rows = reproduce.summarize([results(0, 0.99, False), results(0, 0.97, True),
+                              results(1, 0.98, True, "mixed_bfloat16"),
+                              results(1, 0.98, False, "float32")])
+  assert [(row["precision"], row["seeds"]) for row in rows] == [("float32", [0, 1]),
+                                                                ("bfloat16", [0, 1])]
+  assert rows[1]["test"][0] == pytest.approx(0.975)
+  assert reproduce.precision_of([results(0, 0.9, True)]) == "--mixed_precision"
+  table = reproduce.markdown(rows, dict(date="2000-01-01", cpu="cpu", cores=2, tensorflow="2.x",
+                                        load_before=0.5, load_after=1.5, trained=0, reused=4))
+  assert "| cnn | `best` | bfloat16 | 10 × 5 | 2 |" in table
+  assert reproduce.workdir_of("out", "cnn", "best", 3, mixed_precision=True) == os.path.join(
+      "out", "cnn-best-mixed-seed3")
 
 
 def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
@@ -87,7 +112,7 @@ def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
     assert row[split][0] == pytest.approx(sum(accuracies) / 2)
   assert [run["seed"] for run in summary["runs"]] == [0, 1]
   table = (output_dir / "results.md").read_text()
-  assert "| softmax | `smoke` | 20 × 32 | 2 |" in table
+  assert "| softmax | `smoke` | float32 | 20 × 32 | 2 |" in table
   assert "| fake data (" in table  # Not to be read as MNIST figures.
   assert table in first.stdout
   assert "2 run(s) trained in this call" in table and "0 reused" in table
@@ -123,7 +148,7 @@ def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
           "anew)" in only.stdout), only.stdout
   assert "softmax smoke seed 2: no finished run" in only.stdout
   assert not (output_dir / "softmax-smoke-seed2").exists()
-  assert "| softmax | `smoke` | 20 × 32 | 2 |" in only.stdout
+  assert "| softmax | `smoke` | float32 | 20 × 32 | 2 |" in only.stdout
   none = run_script("--models=mlp", "--presets=smoke", "--seeds=0", "--reuse_only",
                     f"--output_dir={output_dir}", cwd=tmp_path)
   assert none.returncode == 2 and "no finished run in" in none.stderr
