@@ -5,10 +5,12 @@
 
 Each run is its own process, `python -m mnist_tf2.train --model=M --preset=P
 --seed=S --workdir=OUTPUT_DIR/M-P-seedS --eval_splits=validation,test`, and is
-read back from its results.json. With --mixed_precision the runs compute in bfloat16
-(float16 on a GPU) in OUTPUT_DIR/M-P-mixed-seedS, a row of their own. The table (Markdown) goes to stdout and to OUTPUT_DIR/results.md,
-every figure with the machine and its load to OUTPUT_DIR/results.json. Nothing
-is selected here: the test figures are reported, never compared.
+read back from its results.json. With --precisions=float32,mixed every run is
+also trained with --mixed_precision (bfloat16 on a CPU, float16 on a GPU) in
+OUTPUT_DIR/M-P-mixed-seedS; the table's precision column tells the rows apart.
+The table (Markdown) goes to stdout and to OUTPUT_DIR/results.md, every figure
+with the machine and its load to OUTPUT_DIR/results.json. Nothing is selected
+here: the test figures are reported, never compared.
 
 With --plots (needs matplotlib: `pip install -e ".[scripts]"`) it also draws
 OUTPUT_DIR/frontier.png, test error against wall-clock seconds for every
@@ -57,9 +59,10 @@ def define_flags() -> None:
                     "--output_dir (needs matplotlib).")
   flags.DEFINE_integer("eval_every", 0, "Give the runs --eval_every=N (0: the presets' own), "
                        "for points on the validation curves.")
-  flags.DEFINE_bool("mixed_precision", False, "Give the runs --mixed_precision (bfloat16 on a "
-                    "CPU, float16 on a GPU); their workdirs end in -mixed-seedS and the table's "
-                    "precision column says what they computed in.")
+  flags.DEFINE_list("precisions", ["float32"], "float32 and/or mixed: the runs as the presets "
+                    "set them, and/or with --mixed_precision (bfloat16 on a CPU, float16 on a "
+                    "GPU; workdirs M-P-mixed-seedS). The precision column says what each row "
+                    "computed in.")
   flags.DEFINE_bool("reuse_only", False, "Train nothing: tabulate and plot the finished runs "
                     "in --output_dir and skip the others (e.g. to put runs made by several "
                     "calls, or copied in, into one table and one frontier).")
@@ -79,12 +82,18 @@ BOOKKEEPING = ("workdir", "eval_every", "log_every", "checkpoint_every", "histog
 OVERRIDES = {"eval_splits": ",".join(SPLITS)}
 
 
-def plan(models, presets, seeds):
-  """The (model, preset, seed) runs, in order; presets a model lacks are skipped.
+PRECISIONS = ("float32", "mixed")
+
+
+def plan(models, presets, seeds, precisions=("float32",)):
+  """The (model, preset, seed, mixed_precision) runs, in order; presets a model lacks are skipped.
 
   Raises:
-    UserError: an unknown model, a bad seed, or a preset no chosen model has.
+    UserError: an unknown model or precision, a bad seed, or a preset no chosen model has.
   """
+  unknown = [precision for precision in precisions if precision not in PRECISIONS]
+  if unknown or not precisions:
+    raise UserError(f"--precisions takes float32 and/or mixed, got {','.join(precisions)}")
   try:
     seeds = [int(seed) for seed in seeds]
   except ValueError:
@@ -93,8 +102,9 @@ def plan(models, presets, seeds):
   for preset in presets:
     if not any(preset in names for names in available.values()):
       raise UserError(f"no chosen model has --presets={preset}")
-  return [(model, preset, seed) for model in models for preset in presets
-          if preset in available[model] for seed in seeds]
+  return [(model, preset, seed, precision == "mixed") for model in models
+          for preset in presets if preset in available[model]
+          for precision in PRECISIONS if precision in precisions for seed in seeds]
 
 
 def workdir_of(output_dir, model, preset, seed, mixed_precision=False):
@@ -121,8 +131,8 @@ def training_differences(saved, config):
           for name in names if saved.get(name) != config.get(name)]
 
 
-def run(model, preset, seed, output_dir, overrides=None, reuse_only=False):
-  """Trains one (model, preset, seed) unless it is already done.
+def run(model, preset, seed, mixed_precision, output_dir, overrides=None, reuse_only=False):
+  """Trains one (model, preset, seed), with --mixed_precision or not, unless it is done.
 
   `overrides` (default `OVERRIDES`) are the flags given to every run. With
   `reuse_only`, a run not done is skipped.
@@ -131,8 +141,10 @@ def run(model, preset, seed, output_dir, overrides=None, reuse_only=False):
     (the run's results.json, whether it was reused rather than trained now);
     (None, None) for a run skipped with `reuse_only`.
   """
-  overrides = OVERRIDES if overrides is None else overrides
-  workdir = workdir_of(output_dir, model, preset, seed, overrides.get("mixed_precision", False))
+  overrides = {**(OVERRIDES if overrides is None else overrides),
+               **({"mixed_precision": True} if mixed_precision else {})}
+  workdir = workdir_of(output_dir, model, preset, seed, mixed_precision)
+  name = f"{model} {preset}{' mixed' if mixed_precision else ''} seed {seed}"
   config = config_lib.resolve(model, preset,
                               {"seed": seed, "workdir": workdir, **overrides}).to_dict()
   config_path = os.path.join(workdir, "config.json")
@@ -153,25 +165,25 @@ def run(model, preset, seed, output_dir, overrides=None, reuse_only=False):
                  else f" (evaluated {_cadence(saved.get('eval_every'))}, not every "
                       f"{config['eval_every']}: its curve keeps those points; another "
                       "--output_dir trains the run anew)")
-      print(f"{model} {preset} seed {seed}: reusing {results_path}{cadence}", flush=True)
+      print(f"{name}: reusing {results_path}{cadence}", flush=True)
       with open(results_path) as f:
         return json.load(f), True
   if reuse_only:
-    print(f"{model} {preset} seed {seed}: no finished run in {workdir}, skipped "
+    print(f"{name}: no finished run in {workdir}, skipped "
           "(--reuse_only)", flush=True)
     return None, None
   log_path = f"{workdir}.log"
   command = [sys.executable, "-m", "mnist_tf2.train", f"--model={model}",
              f"--preset={preset}", f"--seed={seed}", f"--workdir={workdir}",
-             *(f"--{name}={value}" for name, value in overrides.items())]
-  print(f"{model} {preset} seed {seed}: python {' '.join(command[1:])} > {log_path}",
+             *(f"--{flag}={value}" for flag, value in overrides.items())]
+  print(f"{name}: python {' '.join(command[1:])} > {log_path}",
         flush=True)
   with open(log_path, "w") as log:
     python_path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
     status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
                             env=dict(os.environ, PYTHONPATH=python_path)).returncode
   if status != 0:
-    raise UserError(f"{model} {preset} seed {seed} failed (exit status {status}); "
+    raise UserError(f"{name} failed (exit status {status}); "
                     f"see {log_path}")
   with open(results_path) as f:
     return json.load(f), False
@@ -424,13 +436,12 @@ def _cpu_name():
 def main(argv):
   del argv  # cli.run refuses positional arguments.
   try:
-    runs_to_do = plan(FLAGS.models, FLAGS.presets, FLAGS.seeds)
+    runs_to_do = plan(FLAGS.models, FLAGS.presets, FLAGS.seeds, FLAGS.precisions)
     if FLAGS.plots:
       _pyplot()  # Refuse a missing matplotlib now, not after hours of training.
     if FLAGS.eval_every < 0:
       raise UserError(f"--eval_every must be non-negative, got {FLAGS.eval_every}")
-    overrides = {**OVERRIDES, **({"eval_every": FLAGS.eval_every} if FLAGS.eval_every else {}),
-                 **({"mixed_precision": True} if FLAGS.mixed_precision else {})}
+    overrides = {**OVERRIDES, **({"eval_every": FLAGS.eval_every} if FLAGS.eval_every else {})}
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     load_before = os.getloadavg()[0]
     start = time.time()
@@ -464,13 +475,15 @@ def main(argv):
     json.dump({"machine": machine, "rows": rows,
                "runs": [{key: results[key] for key in ("model", "preset", "steps",
                                                        "wall_seconds", "metrics")}
-                        | {"seed": results["config"]["seed"]} for results in runs]},
+                        | {"seed": results["config"]["seed"],
+                           "precision": precision_of([results]),
+                           "workdir": workdir_of(FLAGS.output_dir, *planned)}
+                        for planned, results in zip(runs_to_do, runs)]},
               f, indent=2)
     f.write("\n")
   if FLAGS.plots:
-    curves = [validation_curve(workdir_of(FLAGS.output_dir, model, preset, seed,
-                                          FLAGS.mixed_precision))
-              for model, preset, seed in runs_to_do]
+    curves = [validation_curve(workdir_of(FLAGS.output_dir, *planned))
+              for planned in runs_to_do]
     for name, draw in (("frontier.png", lambda path: plot_frontier(rows, path, machine)),
                        ("validation_curves.png",
                         lambda path: plot_validation_curves(runs, curves, path))):

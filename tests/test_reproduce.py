@@ -31,8 +31,15 @@ def run_script(*args, cwd):
 
 def test_plan_skips_presets_a_model_lacks_and_refuses_bad_input(reproduce):
   assert reproduce.plan(["softmax", "cnn"], ["smoke", "seed_sgd"], ["0", "1"]) == [
-      ("softmax", "smoke", 0), ("softmax", "smoke", 1),
-      ("cnn", "smoke", 0), ("cnn", "smoke", 1), ("cnn", "seed_sgd", 0), ("cnn", "seed_sgd", 1)]
+      ("softmax", "smoke", 0, False), ("softmax", "smoke", 1, False),
+      ("cnn", "smoke", 0, False), ("cnn", "smoke", 1, False),
+      ("cnn", "seed_sgd", 0, False), ("cnn", "seed_sgd", 1, False)]
+  # Each precision is a row of its own: its seeds follow one another.
+  assert reproduce.plan(["mlp"], ["seed"], ["0", "1"], ["mixed", "float32"]) == [
+      ("mlp", "seed", 0, False), ("mlp", "seed", 1, False),
+      ("mlp", "seed", 0, True), ("mlp", "seed", 1, True)]
+  with pytest.raises(UserError, match="--precisions takes float32 and/or mixed, got bfloat16"):
+    reproduce.plan(["mlp"], ["seed"], ["0"], ["bfloat16"])
   with pytest.raises(UserError, match="no chosen model has --presets=seed_sgd"):
     reproduce.plan(["softmax"], ["seed_sgd"], ["0"])
   with pytest.raises(UserError, match="--seeds must be integers"):
@@ -89,6 +96,27 @@ def test_runs_in_another_precision_are_a_row_of_their_own(reproduce):
   assert "| cnn | `best` | bfloat16 | 10 × 5 | 2 |" in table
   assert reproduce.workdir_of("out", "cnn", "best", 3, mixed_precision=True) == os.path.join(
       "out", "cnn-best-mixed-seed3")
+
+
+def test_both_precisions_in_one_call_one_table(tmp_path):
+  output_dir = tmp_path / "out"
+  args = ["--models=softmax", "--presets=smoke", "--seeds=0", "--precisions=float32,mixed",
+          f"--output_dir={output_dir}"]
+  first = run_script(*args, cwd=tmp_path)
+  assert first.returncode == 0, first.stderr
+  assert "softmax smoke mixed seed 0: python -m mnist_tf2.train" in first.stdout
+  policies = [json.loads((output_dir / name / "results.json").read_text())["dtype_policy"]
+              for name in ("softmax-smoke-seed0", "softmax-smoke-mixed-seed0")]
+  assert policies == ["float32", "mixed_bfloat16"]
+  for precision in ("float32", "bfloat16"):
+    assert f"| softmax | `smoke` | {precision} | 20 × 32 | 1 |" in first.stdout
+  summary = json.loads((output_dir / "results.json").read_text())
+  assert [(run["precision"], os.path.basename(run["workdir"])) for run in summary["runs"]] == [
+      ("float32", "softmax-smoke-seed0"), ("bfloat16", "softmax-smoke-mixed-seed0")]
+  # Both reused into one table by a later call.
+  again = run_script(*args, "--reuse_only", cwd=tmp_path)
+  assert again.returncode == 0 and again.stdout.count("reusing") == 2, again.stderr
+  assert again.stdout.count("| softmax | `smoke` |") == 2
 
 
 def test_smoke_presets_two_seeds_table_json_and_reuse(tmp_path):
