@@ -93,7 +93,8 @@ def plan(models, presets, seeds, precisions=("float32",)):
   """
   unknown = [precision for precision in precisions if precision not in PRECISIONS]
   if unknown or not precisions:
-    raise UserError(f"--precisions takes float32 and/or mixed, got {','.join(precisions)}")
+    raise UserError("--precisions takes float32 and/or mixed (--mixed_precision: bfloat16 on "
+                    f"a CPU, float16 on a GPU), got {','.join(precisions) or 'nothing'}")
   try:
     seeds = [int(seed) for seed in seeds]
   except ValueError:

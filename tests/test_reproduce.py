@@ -38,8 +38,11 @@ def test_plan_skips_presets_a_model_lacks_and_refuses_bad_input(reproduce):
   assert reproduce.plan(["mlp"], ["seed"], ["0", "1"], ["mixed", "float32"]) == [
       ("mlp", "seed", 0, False), ("mlp", "seed", 1, False),
       ("mlp", "seed", 0, True), ("mlp", "seed", 1, True)]
-  with pytest.raises(UserError, match="--precisions takes float32 and/or mixed, got bfloat16"):
+  with pytest.raises(UserError, match=r"--precisions takes float32 and/or mixed \(--mixed_"
+                     r"precision: bfloat16 on a CPU, float16 on a GPU\), got bfloat16"):
     reproduce.plan(["mlp"], ["seed"], ["0"], ["bfloat16"])
+  with pytest.raises(UserError, match="got nothing"):
+    reproduce.plan(["mlp"], ["seed"], ["0"], [])
   with pytest.raises(UserError, match="no chosen model has --presets=seed_sgd"):
     reproduce.plan(["softmax"], ["seed_sgd"], ["0"])
   with pytest.raises(UserError, match="--seeds must be integers"):
