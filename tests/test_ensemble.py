@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, run_module
+from conftest import run_module
 from mnist_tf2 import config as config_lib
 from mnist_tf2 import datasets
 from mnist_tf2 import ensemble
@@ -208,19 +208,13 @@ def test_the_same_run_under_two_spellings_is_refused(members, tmp_path):
       ensemble.check_directories([members.workdirs[0], other])
 
 
-def _run_script(name, *args):
-  """`python scripts/<name> args...` in a subprocess, its CompletedProcess."""
-  return subprocess.run([sys.executable, os.path.join(REPO, "scripts", name), *args],
-                        capture_output=True, text=True, timeout=300, check=False)
-
-
 def test_average_checkpoints_evaluates_the_mean_weights(tmp_path):
   config = config_lib.resolve("mlp", "smoke", {
       "max_steps": 6, "checkpoint_every": 2, "max_to_keep": 3,
       "workdir": str(tmp_path / "mlp"), "eval_splits": "test", "summaries": False})
   loop.train_and_evaluate(config)
   workdir = config.workdir
-  result = _run_script("average_checkpoints.py", f"--workdir={workdir}", "--splits=test")
+  result = run_module("scripts.average_checkpoints", f"--workdir={workdir}", "--splits=test")
   assert result.returncode == 0, result.stderr
   paths = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
   paths = list(paths.all_model_checkpoint_paths)[::-1]
@@ -246,14 +240,14 @@ def test_average_checkpoints_evaluates_the_mean_weights(tmp_path):
 
 
 def test_average_checkpoints_refuses_a_workdir_without_checkpoints(tmp_path):
-  result = _run_script("average_checkpoints.py", f"--workdir={tmp_path}")
+  result = run_module("scripts.average_checkpoints", f"--workdir={tmp_path}")
   assert result.returncode == 2
   assert len(result.stderr.strip().splitlines()) == 1 and "error:" in result.stderr
 
 
 def test_ensemble_errors_counts_who_misses_what(members):
   """scripts/ensemble_errors.py against the members' probabilities computed here."""
-  result = _run_script("ensemble_errors.py", f"--workdir={','.join(members.workdirs)}",
+  result = run_module("scripts.ensemble_errors", f"--workdir={','.join(members.workdirs)}",
                        "--splits=validation,test")
   assert result.returncode == 0, result.stderr
   for name in ("validation", "test"):
@@ -283,7 +277,7 @@ def test_ensemble_errors_refuses_members_of_other_data(members, tmp_path):
       "max_steps": 2, "fake_examples": 64, "workdir": str(other), "eval_splits": "test",
       "summaries": False})
   loop.train_and_evaluate(config)
-  result = _run_script("ensemble_errors.py", f"--workdir={members.workdirs[0]},{other}")
+  result = run_module("scripts.ensemble_errors", f"--workdir={members.workdirs[0]},{other}")
   assert result.returncode == 2
   line, = result.stderr.strip().splitlines()
   assert line.startswith(f"error: ensemble members must share the data: {members.workdirs[0]} "
