@@ -215,15 +215,27 @@ def precision_of(group):
   return f"--{flags_given[0]}" if flags_given else "float32"
 
 
-def summarize(runs):
-  """One row per (model, preset, precision flags), in first-seen order, from the runs' results."""
+def _groups(runs):
+  """The runs by (model, preset, precision flags), in first-seen order: one table row each."""
   groups = {}
   for results in runs:
     key = (results["model"], results["preset"], bool(results["config"].get("mixed_precision")),
            bool(results["config"].get("auto_mixed_precision")))
     groups.setdefault(key, []).append(results)
+  return groups
+
+
+def run_precisions(runs):
+  """Each run's precision: its row's (`precision_of` its group), so runs and rows agree."""
+  precision = {id(results): precision_of(group) for group in _groups(runs).values()
+               for results in group}
+  return [precision[id(results)] for results in runs]
+
+
+def summarize(runs):
+  """One row per (model, preset, precision flags), in first-seen order, from the runs' results."""
   rows = []
-  for (model, preset, *_), group in groups.items():
+  for (model, preset, *_), group in _groups(runs).items():
     row = {"model": model, "preset": preset, "precision": precision_of(group),
            "seeds": [results["config"]["seed"] for results in group],
            "steps": sorted({results["steps"] for results in group}),
@@ -261,7 +273,7 @@ def markdown(rows, machine):
   for row in rows:
     steps = "/".join(f"{steps:,}" for steps in row["steps"])
     lines.append(
-        f"| {row['model']} | `{row['preset']}` | {row.get('precision', 'float32')} | "
+        f"| {row['model']} | `{row['preset']}` | {row['precision']} | "
         f"{steps} × {row['batch_size']} | "
         f"{len(row['seeds'])} | {_seconds(*row['wall_seconds'])} | "
         f"{_percent(*row['validation'])} | {_percent(*row['test'])} | "
@@ -349,10 +361,9 @@ def _error_percent(accuracy, examples):
   return max(100 * (1 - accuracy), 50 / examples)
 
 
-def _label(row):
+def _label(model, preset, precision):
   """`model preset`, and the precision unless float32."""
-  precision = row.get("precision", "float32")
-  return f"{row['model']} {row['preset']}" + ("" if precision == "float32" else f" {precision}")
+  return f"{model} {preset}" + ("" if precision == "float32" else f" {precision}")
 
 
 def plot_frontier(rows, path, machine):
@@ -365,8 +376,9 @@ def plot_frontier(rows, path, machine):
     error = _error_percent(accuracy, row["test_examples"])
     axes.errorbar(seconds, error, xerr=seconds_std or 0, yerr=100 * (accuracy_std or 0),
                   fmt="o", capsize=3)
-    axes.annotate(_label(row) + (" (no error)" if accuracy == 1 else ""),
-                  (seconds, error), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    label = _label(row["model"], row["preset"], row["precision"])
+    axes.annotate(label + (" (no error)" if accuracy == 1 else ""), (seconds, error),
+                  textcoords="offset points", xytext=(5, 4), fontsize=8)
   for label, error in ANCHORS.items():
     axes.axhline(error, linestyle=":", linewidth=0.8, color="grey")
     # x in axes coordinates (the left edge, away from the slow accurate runs at the
@@ -397,10 +409,10 @@ def plot_validation_curves(runs, curves, path):
   figure, axes = plt.subplots(figsize=(8, 5.5))
   colours = {}
   perfect = False  # Any point with no error, drawn at half an error.
-  for results, curve in zip(runs, curves):
+  for results, precision, curve in zip(runs, run_precisions(runs), curves):
     if not curve:
       continue
-    key = _label({**results, "precision": precision_of([results])})
+    key = _label(results["model"], results["preset"], precision)
     label = None if key in colours else key  # One legend entry per (model, preset).
     colour = colours.setdefault(key, f"C{len(colours) % 10}")
     steps, accuracies = zip(*curve)
@@ -476,10 +488,10 @@ def main(argv):
     json.dump({"machine": machine, "rows": rows,
                "runs": [{key: results[key] for key in ("model", "preset", "steps",
                                                        "wall_seconds", "metrics")}
-                        | {"seed": results["config"]["seed"],
-                           "precision": precision_of([results]),
+                        | {"seed": results["config"]["seed"], "precision": precision,
                            "workdir": workdir_of(FLAGS.output_dir, *planned)}
-                        for planned, results in zip(runs_to_do, runs)]},
+                        for planned, results, precision
+                        in zip(runs_to_do, runs, run_precisions(runs))]},
               f, indent=2)
     f.write("\n")
   if FLAGS.plots:

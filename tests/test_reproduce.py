@@ -87,9 +87,11 @@ def test_runs_in_another_precision_are_a_row_of_their_own(reproduce):
 
   # A run from before results.json recorded its policy groups with the runs of its
   # flags and takes their recorded precision.
-  rows = reproduce.summarize([results(0, 0.99, False), results(0, 0.97, True),
-                              results(1, 0.98, True, "mixed_bfloat16"),
-                              results(1, 0.98, False, "float32")])
+  runs = [results(0, 0.99, False), results(0, 0.97, True),
+          results(1, 0.98, True, "mixed_bfloat16"), results(1, 0.98, False, "float32")]
+  rows = reproduce.summarize(runs)
+  # Each run (results.json's runs, the curves' legend) says what its row says.
+  assert reproduce.run_precisions(runs) == ["float32", "bfloat16", "bfloat16", "float32"]
   assert [(row["precision"], row["seeds"]) for row in rows] == [("float32", [0, 1]),
                                                                 ("bfloat16", [0, 1])]
   assert rows[1]["test"][0] == pytest.approx(0.975)
